@@ -1,0 +1,1 @@
+"""HTTP and WebSocket API: translates requests to service calls, nothing more."""

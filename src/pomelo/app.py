@@ -1,0 +1,170 @@
+"""Composition root: builds the object graph once, wires it into the HTTP app.
+
+Nothing else in Pomelo constructs services; everything receives what it needs from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pomelo import __version__
+from pomelo.api import audit as audit_api
+from pomelo.api import directory as directory_api
+from pomelo.api import keys as keys_api
+from pomelo.api import problems
+from pomelo.api import stream as stream_api
+from pomelo.api import system as system_api
+from pomelo.api.limits import BodySizeLimit
+from pomelo.auth.credentials import CredentialService
+from pomelo.auth.passwords import PasswordHasher
+from pomelo.auth.service import DirectoryService
+from pomelo.config import Settings
+from pomelo.core.bus import EventBus, MemoryEventBus
+from pomelo.core.clock import Clock, SystemClock
+from pomelo.observability import Metrics
+from pomelo.storage.db import Database
+from pomelo.storage.uow import EventDispatcher, UnitOfWork
+from pomelo.stream.hub import StreamHub
+from pomelo.stream.log import EventLogReader
+from pomelo.stream.sections import default_sections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    clock: Clock
+    db: Database
+    bus: EventBus
+    dispatcher: EventDispatcher
+    metrics: Metrics
+    directory: DirectoryService
+    credentials: CredentialService
+    hub: StreamHub
+    event_log: EventLogReader
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.db, self.dispatcher, self.clock)
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await self.db.migrate()
+        await self.dispatcher.start()
+        self.bus.subscribe(self.metrics.on_event)
+        self.hub.start()
+        self._tasks.append(asyncio.create_task(self._poll_foreign_events()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.hub.stop()
+        await self.bus.close()
+        await self.db.dispose()
+
+    async def _poll_foreign_events(self) -> None:
+        """Pick up events committed by other processes (the CLI, other nodes) from the log."""
+        while True:
+            await asyncio.sleep(self.settings.event_poll_seconds)
+            try:
+                await self.dispatcher.catch_up()
+            except Exception:
+                log.exception("event log catch-up failed")
+
+
+def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
+    clock = clock or SystemClock()
+    db = Database(settings.effective_database_url)
+    bus = MemoryEventBus()
+    dispatcher = EventDispatcher(db, bus)
+    hasher = PasswordHasher(
+        time_cost=settings.password_hash_time_cost,
+        memory_kib=settings.password_hash_memory_kib,
+    )
+
+    def uow() -> UnitOfWork:
+        return UnitOfWork(db, dispatcher, clock)
+
+    return Platform(
+        settings=settings,
+        clock=clock,
+        db=db,
+        bus=bus,
+        dispatcher=dispatcher,
+        metrics=Metrics(),
+        directory=DirectoryService(uow, hasher, demo_mode=settings.is_demo),
+        credentials=CredentialService(uow, hasher, timedelta(hours=settings.session_ttl_hours)),
+        hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
+        event_log=EventLogReader(db),
+    )
+
+
+def create_app(platform: Platform) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(
+        title="Pomelo",
+        version=__version__,
+        summary="Contact center and virtual PBX API",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    problems.install(app)
+    # Routers carry their own "/api/v1" prefix so each route knows its full path (metrics labels).
+    for router in (directory_api.router, keys_api.router, audit_api.router, stream_api.router,
+                   system_api.router):
+        app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=platform.metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=platform.settings.max_request_bytes)
+    return app
+
+
+class RequestMetrics:
+    """Counts and times requests per route template (not per raw path: ids would explode it)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_latency.labels(method, route).observe(time.perf_counter() - started)

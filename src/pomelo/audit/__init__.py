@@ -1,0 +1,1 @@
+"""Audit log of administrative changes: who changed what, when, from what to what."""

@@ -1,0 +1,1 @@
+"""Tenants, employees, groups, roles and permissions, sessions and API keys."""

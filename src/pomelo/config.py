@@ -1,0 +1,110 @@
+"""Typed configuration: defaults → pomelo.toml → POMELO_* environment → command-line flags.
+
+Every option is documented in docs/configuration.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pomelo.core.errors import ConfigError
+
+#: The well-known secret of demo mode. Refused in any other mode.
+DEMO_SECRET = "pomelo-demo-secret-do-not-use-in-production"  # noqa: S105
+DEFAULT_CONFIG_FILE = Path("pomelo.toml")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POMELO_", extra="forbid", frozen=True)
+
+    mode: Literal["production", "demo"] = "production"
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    secret_key: SecretStr = SecretStr(DEMO_SECRET)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    sip_host: str = "127.0.0.1"
+    sip_port: int = Field(5060, ge=0, le=65535)
+    rtp_port_min: int = Field(20000, ge=1024, le=65535)
+    rtp_port_max: int = Field(29999, ge=1024, le=65535)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    migrate_on_start: bool = True
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    session_ttl_hours: float = Field(12.0, gt=0)
+    cookie_secure: bool = False
+    password_hash_time_cost: int = Field(3, ge=1)
+    password_hash_memory_kib: int = Field(65536, ge=8)
+    event_poll_seconds: float = Field(1.0, gt=0)
+    stream_queue_size: int = Field(1000, ge=10)
+    uvloop: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("rtp_port_min must be below rtp_port_max")
+        if self.mode != "demo" and self.secret_key.get_secret_value() == DEMO_SECRET:
+            raise ValueError(
+                "secret_key is the demo secret; set POMELO_SECRET_KEY (or secret_key in "
+                "pomelo.toml) to a long random value, or run in demo mode"
+            )
+        if len(self.secret_key.get_secret_value()) < 16:
+            raise ValueError("secret_key must be at least 16 characters")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'pomelo.db').as_posix()}"
+
+    @property
+    def is_demo(self) -> bool:
+        return self.mode == "demo"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from all layers; flags given as `overrides` win. Raises ConfigError."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    path = config_file or Path(os.environ.get("POMELO_CONFIG", DEFAULT_CONFIG_FILE))
+    if (config_file or "POMELO_CONFIG" in os.environ) and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    layered = type(
+        "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+    )
+    try:
+        return layered(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read configuration: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "configuration"
+        lines.append(f"{where}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

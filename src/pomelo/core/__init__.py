@@ -1,0 +1,1 @@
+"""Cross-cutting building blocks: ids, clock, errors, domain events and the event bus."""

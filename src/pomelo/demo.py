@@ -1,0 +1,108 @@
+"""The demo tenant of the demo contract (docs/architecture.md, DESIGN.md): created or refreshed
+idempotently, with deterministic credentials that only demo mode accepts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from pomelo.app import Platform
+from pomelo.auth.access import Actor
+from pomelo.auth.models import Group, Tenant, User
+from pomelo.auth.schemas import GroupCreate, UserCreate, UserUpdate
+from pomelo.core.errors import ConfigError
+
+DEMO_TENANT = "demo"
+DEMO_PASSWORD = "demo"  # noqa: S105 (the documented demo credential)
+GROUPS = ("Sales", "Support")
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    username: str
+    display_name: str
+    role: str
+    groups: tuple[str, ...]
+    available: bool = False
+
+
+DEMO_USERS = (
+    DemoUser("admin", "Demo Administrator", "administrator", ()),
+    DemoUser("head", "Demo Company Head", "company_head", ()),
+    DemoUser("supervisor", "Demo Supervisor", "group_head", GROUPS),
+    *(
+        DemoUser(
+            f"operator{i}",
+            f"Operator {i}",
+            "operator",
+            ("Sales",) if i <= 3 else ("Support",),
+            available=True,
+        )
+        for i in range(1, 7)
+    ),
+)
+
+
+async def seed_demo(platform: Platform) -> list[DemoUser]:
+    if not platform.settings.is_demo:
+        raise ConfigError("the demo tenant can only be created in demo mode")
+    directory = platform.directory
+    tenant = await directory.tenant_by_slug(DEMO_TENANT)
+    if tenant is None:
+        tenant = await directory.create_tenant(DEMO_TENANT, "Demo Company", "Europe/Moscow")
+    system = Actor.system(tenant.id, name="demo-seed")
+    group_ids = await _ensure_groups(platform, tenant, system)
+    for spec in DEMO_USERS:
+        user_id = await _ensure_user(platform, tenant, system, spec, group_ids)
+        if spec.available:
+            await directory.set_presence(system, user_id, "available", None, True)
+    return list(DEMO_USERS)
+
+
+async def _ensure_groups(platform: Platform, tenant: Tenant, system: Actor) -> dict[str, str]:
+    async with platform.db.session() as session:
+        rows = await session.execute(
+            select(Group.name, Group.id).where(Group.tenant_id == tenant.id)
+        )
+        existing = {name: gid for name, gid in rows}
+    for name in GROUPS:
+        if name not in existing:
+            created = await platform.directory.create_group(system, GroupCreate(name=name))
+            existing[name] = created["id"]
+    return existing
+
+
+async def _ensure_user(
+    platform: Platform, tenant: Tenant, system: Actor, spec: DemoUser, groups: dict[str, str]
+) -> str:
+    async with platform.db.session() as session:
+        user_id = await session.scalar(
+            select(User.id).where(User.tenant_id == tenant.id, User.username == spec.username)
+        )
+    directory = platform.directory
+    if user_id is None:
+        created = await directory.create_user(
+            system,
+            UserCreate(
+                username=spec.username,
+                display_name=spec.display_name,
+                password=DEMO_PASSWORD,
+                role=spec.role,
+                group_ids=[groups[g] for g in spec.groups],
+            ),
+        )
+        return str(created["id"])
+    await directory.update_user(
+        system,
+        user_id,
+        UserUpdate(
+            display_name=spec.display_name,
+            role=spec.role,
+            password=DEMO_PASSWORD,
+            is_active=True,
+        ),
+    )
+    for group in spec.groups:
+        await directory.add_member(system, groups[group], user_id)
+    return str(user_id)

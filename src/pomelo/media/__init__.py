@@ -1,0 +1,1 @@
+"""Media (RTP, codecs, DTMF) library. Imports nothing from the rest of Pomelo."""

@@ -1,0 +1,1 @@
+"""Database access: SQLAlchemy models base, engine/session management, migrations, unit of work."""

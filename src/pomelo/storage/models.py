@@ -1,0 +1,21 @@
+"""Every table of every domain, gathered so Alembic and the drift check see one metadata."""
+
+from pomelo.audit.models import AuditEntry
+from pomelo.auth.models import ApiKey, AuthSession, Group, GroupMember, Role, Tenant, User
+from pomelo.storage.base import Base
+from pomelo.storage.eventlog import EventLogEntry
+
+metadata = Base.metadata
+
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "AuthSession",
+    "EventLogEntry",
+    "Group",
+    "GroupMember",
+    "Role",
+    "Tenant",
+    "User",
+    "metadata",
+]

@@ -1,0 +1,1 @@
+"""The live stream: register, take a snapshot at a sequence number, then apply events."""
