@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +23,8 @@ from pomelo.auth.schemas import GroupCreate, RoleCreate, UserCreate
 from pomelo.config import Settings, load_settings
 from pomelo.core.clock import FakeClock
 
-TEST_SECRET = "test-secret-0123456789abcdef"  # noqa: S105
-PASSWORD = "correct horse battery"  # noqa: S105
+TEST_SECRET = "test-secret-0123456789abcdef"
+PASSWORD = "correct horse battery"
 ROLES = ("operator", "group_head", "marketer", "accountant", "company_head", "administrator")
 
 
@@ -40,7 +40,10 @@ async def create_postgres_database(base_url: str) -> str:
     name = f"pomelo_test_{uuid.uuid4().hex[:12]}"
     url = make_url(base_url)
     conn = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
         database=url.database or "postgres",
     )
     try:
@@ -55,7 +58,10 @@ async def drop_postgres_database(db_url: str) -> None:
 
     url = make_url(db_url)
     conn = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
         database="postgres",
     )
     try:
@@ -116,7 +122,11 @@ class Server:
 async def start_server(settings: Settings, clock: FakeClock) -> tuple[Server, Any]:
     platform = build_platform(settings, clock=clock)
     config = uvicorn.Config(
-        create_app(platform), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+        create_app(platform),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
         ws="websockets-sansio",
     )
     server = uvicorn.Server(config)
@@ -136,8 +146,9 @@ async def stop_server(handle: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-async def server(fresh_database: Any, tmp_path_factory: pytest.TempPathFactory
-                 ) -> AsyncIterator[Server]:
+async def server(
+    fresh_database: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
     url = await fresh_database()
     settings = make_settings(url, tmp_path_factory.mktemp("var"))
     clock = FakeClock(datetime.now(UTC))
@@ -187,10 +198,16 @@ async def build_tenant(platform: Platform) -> TenantFixture:
     members: dict[str, Member] = {}
     for role in (*ROLES, "nobody"):
         groups = [sales["id"]] if role in ("operator", "group_head") else []
-        user = await directory.create_user(system, UserCreate(
-            username=role.replace("_", "-"), display_name=role.title(), password=PASSWORD,
-            role=role, group_ids=groups,
-        ))
+        user = await directory.create_user(
+            system,
+            UserCreate(
+                username=role.replace("_", "-"),
+                display_name=role.title(),
+                password=PASSWORD,
+                role=role,
+                group_ids=groups,
+            ),
+        )
         actor = await platform.credentials.actor_for_user(user["id"])
         key, key_id = await _api_key(platform, actor)
         members[role] = Member(user["id"], user["username"], role, key, key_id, groups)
@@ -225,5 +242,5 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def repo_root() -> Iterator[Path]:
-    yield Path(__file__).resolve().parent.parent
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

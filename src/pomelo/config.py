@@ -95,7 +95,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
     )
     try:
-        return layered(**flags)
+        settings: Settings = layered(**flags)
+        return settings
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML

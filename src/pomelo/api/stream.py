@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -22,6 +22,9 @@ from pomelo.api.deps import get_platform, resolve_actor
 from pomelo.auth.access import Actor
 from pomelo.core.errors import DomainError
 from pomelo.stream.hub import Subscription, ends_session, needs_resync, visible_to
+
+if TYPE_CHECKING:
+    from pomelo.app import Platform
 
 router = APIRouter(prefix="/api/v1")
 
@@ -49,7 +52,7 @@ async def stream(ws: WebSocket) -> None:
         platform.metrics.stream_connections.dec()
 
 
-async def _register(ws: WebSocket, platform: Any) -> Actor | None:
+async def _register(ws: WebSocket, platform: Platform) -> Actor | None:
     try:
         async with asyncio.timeout(REGISTER_TIMEOUT):
             message = json.loads(await ws.receive_text())
@@ -71,7 +74,7 @@ async def _register(ws: WebSocket, platform: Any) -> Actor | None:
         return None
 
 
-async def _pump(ws: WebSocket, platform: Any, actor: Actor, sub: Subscription) -> None:
+async def _pump(ws: WebSocket, platform: Platform, actor: Actor, sub: Subscription) -> None:
     seq = await _send_snapshot(ws, platform, actor)
     while True:
         published = await sub.queue.get()
@@ -92,7 +95,7 @@ async def _pump(ws: WebSocket, platform: Any, actor: Actor, sub: Subscription) -
         await ws.send_json(published.to_wire())
 
 
-async def _send_snapshot(ws: WebSocket, platform: Any, actor: Actor) -> int:
+async def _send_snapshot(ws: WebSocket, platform: Platform, actor: Actor) -> int:
     seq, data = await platform.hub.snapshot(actor)
     await ws.send_json({"type": "snapshot", "seq": seq, "data": data})
     return seq

@@ -48,7 +48,7 @@ def record(
     )
 
 
-def access_audit(actor: Actor) -> Select[tuple[AuditEntry]]:
+def access_audit(actor: Actor) -> Select[AuditEntry]:
     actor.require(Permission.AUDIT_VIEW)
     return select(AuditEntry).where(AuditEntry.tenant_id == actor.tenant_id)
 

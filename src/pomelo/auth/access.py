@@ -61,7 +61,7 @@ class Actor:
         return self.scope is Scope.ALL or group_id in self.group_ids
 
 
-def access_users(actor: Actor) -> Select[tuple[User]]:
+def access_users(actor: Actor) -> Select[User]:
     stmt = select(User).where(User.tenant_id == actor.tenant_id)
     if actor.scope is Scope.ALL:
         return stmt
@@ -74,18 +74,18 @@ def access_users(actor: Actor) -> Select[tuple[User]]:
     return stmt.where(User.id == actor.user_id)
 
 
-def access_groups(actor: Actor) -> Select[tuple[Group]]:
+def access_groups(actor: Actor) -> Select[Group]:
     stmt = select(Group).where(Group.tenant_id == actor.tenant_id)
     if actor.scope is Scope.ALL:
         return stmt
     return stmt.where(Group.id.in_(actor.group_ids))
 
 
-def access_roles(actor: Actor) -> Select[tuple[Role]]:
+def access_roles(actor: Actor) -> Select[Role]:
     return select(Role).where(Role.tenant_id == actor.tenant_id)
 
 
-def access_api_keys(actor: Actor) -> Select[tuple[ApiKey]]:
+def access_api_keys(actor: Actor) -> Select[ApiKey]:
     """Administrators see every key of the tenant; anyone else only his own."""
     stmt = select(ApiKey).where(ApiKey.tenant_id == actor.tenant_id)
     if actor.scope is Scope.ALL and actor.can(Permission.API_KEYS_MANAGE):
@@ -94,7 +94,7 @@ def access_api_keys(actor: Actor) -> Select[tuple[ApiKey]]:
 
 
 async def get_one(
-    session: AsyncSession, stmt: Select[tuple[T]], id_column: Any, obj_id: str, what: str
+    session: AsyncSession, stmt: Select[T], id_column: Any, obj_id: str, what: str
 ) -> T:
     """Fetch one object through an access query; invisible and missing look the same (404)."""
     found = await session.scalar(stmt.where(id_column == obj_id))

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pomelo.auth.access import Actor, access_groups, access_users
-from pomelo.auth.models import GroupMember, Role, User
+from pomelo.auth.models import Group, GroupMember, Role, User
 from pomelo.auth.permissions import Scope
 
 View = dict[str, Any]
@@ -57,7 +57,9 @@ async def build(session: AsyncSession, actor: Actor) -> View:
         u.id: employee_record(u, roles.get(u.role_id, "?"), groups_of.get(u.id, [])) for u in users
     }
     groups = {}
-    visible_groups = [] if actor.scope is Scope.OWN else await session.scalars(access_groups(actor))
+    visible_groups: list[Group] = []
+    if actor.scope is not Scope.OWN:
+        visible_groups = list(await session.scalars(access_groups(actor)))
     for g in visible_groups:
         members = sorted(
             uid for uid, gids in groups_of.items() if g.id in gids and uid in employees

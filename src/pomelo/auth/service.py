@@ -242,18 +242,29 @@ class DirectoryService:
     def _emit_user_change(
         self, uow: UnitOfWork, actor: Actor, user: User, record: dict[str, Any], *, was_active: bool
     ) -> None:
-        common = {
-            "tenant_id": actor.tenant_id,
-            "at": uow.clock.now(),
-            "actor_id": actor.user_id,
-            "user_id": user.id,
-            "audience": _user_audience(record),
-        }
+        at, audience = uow.clock.now(), _user_audience(record)
         if not user.is_active:
             if was_active:
-                uow.emit(ev.EmployeeDeactivated(**common))
+                uow.emit(
+                    ev.EmployeeDeactivated(
+                        tenant_id=actor.tenant_id,
+                        at=at,
+                        actor_id=actor.user_id,
+                        user_id=user.id,
+                        audience=audience,
+                    )
+                )
             return
-        uow.emit(ev.EmployeeUpdated(**common, employee=record))
+        uow.emit(
+            ev.EmployeeUpdated(
+                tenant_id=actor.tenant_id,
+                at=at,
+                actor_id=actor.user_id,
+                user_id=user.id,
+                employee=record,
+                audience=audience,
+            )
+        )
 
     async def set_presence(
         self,
@@ -405,10 +416,19 @@ class DirectoryService:
             raise Forbidden("deleting groups needs company-wide scope")
         async with self._uow() as uow:
             group = await get_one(uow.session, access_groups(actor), Group.id, group_id, "group")
-            member_ids = await uow.session.scalars(
-                select(GroupMember.user_id).where(GroupMember.group_id == group.id)
+            # The members' records change too: whoever sees them (through any group) must hear.
+            members = select(GroupMember.user_id).where(GroupMember.group_id == group.id)
+            rows = (
+                await uow.session.execute(
+                    select(GroupMember.user_id, GroupMember.group_id).where(
+                        GroupMember.user_id.in_(members)
+                    )
+                )
+            ).all()
+            audience = Audience(
+                user_ids=frozenset(u for u, _ in rows),
+                group_ids=frozenset({group.id, *(g for _, g in rows)}),
             )
-            audience = Audience(user_ids=frozenset(member_ids), group_ids=frozenset({group.id}))
             audit.record(
                 uow.session,
                 actor,

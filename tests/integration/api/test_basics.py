@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-
 from tests.conftest import TenantFixture
 
 
@@ -55,23 +54,27 @@ async def test_malformed_json_wrong_types_and_extra_fields(
     http: httpx.AsyncClient, tenant: TenantFixture
 ) -> None:
     h = {**tenant["administrator"].headers, "content-type": "application/json"}
-    assert_problem(await http.post("/api/v1/groups", content=b'{"name": ', headers=h),
-                   400, "malformed-json")
-    body = assert_problem(await http.post("/api/v1/groups", json={"name": 5}, headers=h),
-                          422, "invalid-request")
+    assert_problem(
+        await http.post("/api/v1/groups", content=b'{"name": ', headers=h), 400, "malformed-json"
+    )
+    body = assert_problem(
+        await http.post("/api/v1/groups", json={"name": 5}, headers=h), 422, "invalid-request"
+    )
     assert body["errors"][0]["loc"] == ["body", "name"]
-    assert_problem(await http.post("/api/v1/groups", json={"name": "x", "evil": 1}, headers=h),
-                   422, "invalid-request")
-    assert_problem(await http.get("/api/v1/users?limit=100000", headers=h),
-                   422, "invalid-request")
+    assert_problem(
+        await http.post("/api/v1/groups", json={"name": "x", "evil": 1}, headers=h),
+        422,
+        "invalid-request",
+    )
+    assert_problem(await http.get("/api/v1/users?limit=100000", headers=h), 422, "invalid-request")
 
 
-async def test_oversized_bodies_are_refused(http: httpx.AsyncClient,
-                                            tenant: TenantFixture) -> None:
+async def test_oversized_bodies_are_refused(http: httpx.AsyncClient, tenant: TenantFixture) -> None:
     h = {**tenant["administrator"].headers, "content-type": "application/json"}
     big = b'{"name": "' + b"x" * 70_000 + b'"}'
-    assert_problem(await http.post("/api/v1/groups", content=big, headers=h),
-                   413, "request-too-large")
+    assert_problem(
+        await http.post("/api/v1/groups", content=big, headers=h), 413, "request-too-large"
+    )
 
     async def chunks():  # no Content-Length: the limit must hold while streaming too
         for _ in range(20):
@@ -81,8 +84,9 @@ async def test_oversized_bodies_are_refused(http: httpx.AsyncClient,
     assert_problem(streamed, 413, "request-too-large")
 
 
-async def test_unknown_and_malformed_ids_are_404(http: httpx.AsyncClient,
-                                                 tenant: TenantFixture) -> None:
+async def test_unknown_and_malformed_ids_are_404(
+    http: httpx.AsyncClient, tenant: TenantFixture
+) -> None:
     h = tenant["administrator"].headers
     assert_problem(await http.get("/api/v1/users/" + "f" * 32, headers=h), 404, "no-such-user")
     assert_problem(await http.get("/api/v1/groups/not-an-id", headers=h), 404, "no-such-group")

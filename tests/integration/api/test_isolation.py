@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.conftest import ROLES, TenantFixture
 
 from pomelo.auth.permissions import BUILTIN_ROLES, BuiltinRole
-from tests.conftest import ROLES, TenantFixture
 
 PUBLIC_ROUTES = {("post", "/api/v1/auth/login"), ("post", "/api/v1/auth/logout")}
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -65,8 +65,15 @@ def substitute(text: str, ids: dict[str, str]) -> tuple[str, bool]:
     return re.sub(r"\{(\w+)\}", repl, text), used
 
 
-async def call(http: httpx.AsyncClient, method: str, path: str, op: dict, spec: dict,
-               ids: dict[str, str], headers: dict[str, str]) -> tuple[httpx.Response, bool]:
+async def call(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    op: dict,
+    spec: dict,
+    ids: dict[str, str],
+    headers: dict[str, str],
+) -> tuple[httpx.Response, bool]:
     url, in_path = substitute(path, ids)
     body = example_body(op, spec)
     in_body = False
