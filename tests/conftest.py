@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from pomelo.app import Platform, build_platform, create_app
 from pomelo.auth.access import Actor
 from pomelo.auth.schemas import GroupCreate, RoleCreate, UserCreate
 from pomelo.config import Settings, load_settings
-from pomelo.core.clock import FakeClock
 
 TEST_SECRET = "test-secret-0123456789abcdef"
 PASSWORD = "correct horse battery"
@@ -108,18 +107,31 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
     return load_settings(**values)
 
 
+class ShiftedClock:
+    """Real time plus an offset tests can move (session expiry) without freezing timestamps."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
 @dataclass
 class Server:
     platform: Platform
     base_url: str
-    clock: FakeClock
+    clock: ShiftedClock
 
     @property
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://") + "/api/v1/stream"
 
 
-async def start_server(settings: Settings, clock: FakeClock) -> tuple[Server, Any]:
+async def start_server(settings: Settings, clock: ShiftedClock) -> tuple[Server, Any]:
     platform = build_platform(settings, clock=clock)
     config = uvicorn.Config(
         create_app(platform),
@@ -151,7 +163,7 @@ async def server(
 ) -> AsyncIterator[Server]:
     url = await fresh_database()
     settings = make_settings(url, tmp_path_factory.mktemp("var"))
-    clock = FakeClock(datetime.now(UTC))
+    clock = ShiftedClock()
     srv, handle = await start_server(settings, clock)
     yield srv
     await stop_server(handle)

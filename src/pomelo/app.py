@@ -133,8 +133,13 @@ def create_app(platform: Platform) -> FastAPI:
     app.state.platform = platform
     problems.install(app)
     # Routers carry their own "/api/v1" prefix so each route knows its full path (metrics labels).
-    for router in (directory_api.router, keys_api.router, audit_api.router, stream_api.router,
-                   system_api.router):
+    for router in (
+        directory_api.router,
+        keys_api.router,
+        audit_api.router,
+        stream_api.router,
+        system_api.router,
+    ):
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=platform.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=platform.settings.max_request_bytes)

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import ROLES, TenantFixture
 
 from pomelo.auth.permissions import BUILTIN_ROLES, BuiltinRole
+from tests.conftest import ROLES, TenantFixture
 
 PUBLIC_ROUTES = {("post", "/api/v1/auth/login"), ("post", "/api/v1/auth/logout")}
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import Member, Server, TenantFixture
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from pomelo.core.events import event_kinds
 from pomelo.stream.sections import apply_wire_event, default_sections
+from tests.conftest import Member, Server, TenantFixture
 
 SECTIONS = default_sections()
 
