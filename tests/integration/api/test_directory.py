@@ -317,3 +317,34 @@ async def test_tenant_settings(http: httpx.AsyncClient, tenant: TenantFixture) -
     assert (await http.get("/api/v1/tenant", headers=tenant["operator"].headers)).json()[
         "timezone"
     ] == "Asia/Almaty"
+
+
+async def test_event_log_api_is_filtered_like_the_stream(
+    http: httpx.AsyncClient, tenant: TenantFixture, other_tenant: TenantFixture
+) -> None:
+    head, admin = tenant["group_head"], tenant["administrator"]
+    await http.put(
+        "/api/v1/me/presence", headers=tenant["operator"].headers, json={"presence": "available"}
+    )
+    await http.put(
+        "/api/v1/me/presence", headers=tenant["marketer"].headers, json={"presence": "available"}
+    )
+    await http.put(
+        "/api/v1/me/presence",
+        headers=other_tenant["operator"].headers,
+        json={"presence": "available"},
+    )
+    everything = (await http.get("/api/v1/events?limit=1000", headers=admin.headers)).json()
+    presence_users = {e["data"]["user_id"] for e in everything if e["kind"] == "PresenceChanged"}
+    assert {tenant["operator"].id, tenant["marketer"].id} <= presence_users
+    assert other_tenant["operator"].id not in str(everything)
+    seqs = [e["seq"] for e in everything]
+    assert seqs == sorted(seqs)
+    mine = (await http.get("/api/v1/events?limit=1000", headers=head.headers)).json()
+    seen = {e["data"].get("user_id") for e in mine if e["kind"] == "PresenceChanged"}
+    assert seen == {tenant["operator"].id}  # his group's member only
+    later = (await http.get(f"/api/v1/events?after_seq={seqs[-2]}", headers=admin.headers)).json()
+    assert [e["seq"] for e in later] == seqs[-1:]
+    assert_problem(
+        await http.get("/api/v1/events", headers=tenant["operator"].headers), 403, "forbidden"
+    )

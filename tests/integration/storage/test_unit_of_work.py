@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,3 +128,27 @@ async def test_models_and_migrations_agree(fresh_database: Any) -> None:
         assert await db.run_sync(schema_drift) == []
     finally:
         await db.dispose()
+
+
+async def test_concurrent_writers_get_gap_free_ordered_sequences(
+    server: Server, tenant: TenantFixture
+) -> None:
+    platform = server.platform
+    recorder = Recorder()
+    unsubscribe = platform.bus.subscribe(recorder)
+    system = Actor.system(tenant.id)
+    try:
+        created = await asyncio.gather(
+            *(
+                platform.directory.create_group(system, GroupCreate(name=f"Parallel {i}"))
+                for i in range(25)
+            )
+        )
+    finally:
+        unsubscribe()
+    assert len({g["id"] for g in created}) == 25
+    mine = [p.seq for p in recorder.seen if p.event.tenant_id == tenant.id]
+    assert len(mine) == 25
+    everything = [p.seq for p in recorder.seen]
+    assert everything == sorted(everything)
+    assert everything == list(range(everything[0], everything[0] + len(everything)))
