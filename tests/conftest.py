@@ -190,6 +190,9 @@ class TenantFixture:
     members: dict[str, Member]
     group_ids: list[str]
     custom_role_id: str
+    account_id: str = ""
+    trunk_id: str = ""
+    number_id: str = ""
 
     def __getitem__(self, key: str) -> Member:
         return self.members[key]
@@ -223,7 +226,28 @@ async def build_tenant(platform: Platform) -> TenantFixture:
         actor = await platform.credentials.actor_for_user(user["id"])
         key, key_id = await _api_key(platform, actor)
         members[role] = Member(user["id"], user["username"], role, key, key_id, groups)
-    return TenantFixture(tenant.id, slug, members, [sales["id"], support["id"]], nobody["id"])
+    fixture = TenantFixture(tenant.id, slug, members, [sales["id"], support["id"]], nobody["id"])
+    await _pbx_objects(platform, system, fixture)
+    return fixture
+
+
+async def _pbx_objects(platform: Platform, system: Actor, t: TenantFixture) -> None:
+    """One SIP account (the operator's), one trunk and one number per tenant."""
+    from pomelo.pbx.schemas import NumberCreate, SipAccountCreate, TrunkCreate
+
+    account = await platform.pbx.create_account(
+        system, SipAccountCreate(extension="101", user_id=t["operator"].id)
+    )
+    trunk = await platform.pbx.create_trunk(
+        system, TrunkCreate(name="Carrier", kind="peer", host="127.0.0.1",
+                            inbound_cidrs=["127.0.0.1/32"])
+    )
+    number = await platform.pbx.create_number(
+        system, NumberCreate(number=f"+7495{uuid.uuid4().int % 10**7:07d}",
+                             trunk_id=trunk["id"], route_kind="group",
+                             route_target=t.group_ids[0])
+    )
+    t.account_id, t.trunk_id, t.number_id = account["id"], trunk["id"], number["id"]
 
 
 async def _api_key(platform: Platform, actor: Actor) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from pomelo import __version__
 from pomelo.api import audit as audit_api
 from pomelo.api import directory as directory_api
 from pomelo.api import keys as keys_api
+from pomelo.api import pbx as pbx_api
 from pomelo.api import problems
 from pomelo.api import stream as stream_api
 from pomelo.api import system as system_api
@@ -31,7 +32,9 @@ from pomelo.auth.service import DirectoryService
 from pomelo.config import Settings
 from pomelo.core.bus import EventBus, MemoryEventBus
 from pomelo.core.clock import Clock, SystemClock
+from pomelo.core.secrets import SecretBox
 from pomelo.observability import Metrics
+from pomelo.pbx.service import PbxConfigService
 from pomelo.storage.db import Database
 from pomelo.storage.uow import EventDispatcher, UnitOfWork
 from pomelo.stream.hub import StreamHub
@@ -51,6 +54,7 @@ class Platform:
     metrics: Metrics
     directory: DirectoryService
     credentials: CredentialService
+    pbx: PbxConfigService
     hub: StreamHub
     event_log: EventLogReader
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -107,6 +111,9 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         metrics=Metrics(),
         directory=DirectoryService(uow, hasher, demo_mode=settings.is_demo),
         credentials=CredentialService(uow, hasher, timedelta(hours=settings.session_ttl_hours)),
+        pbx=PbxConfigService(
+            uow, SecretBox(settings.secret_key.get_secret_value()), demo_mode=settings.is_demo
+        ),
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
     )
@@ -136,6 +143,7 @@ def create_app(platform: Platform) -> FastAPI:
     for router in (
         directory_api.router,
         keys_api.router,
+        pbx_api.router,
         audit_api.router,
         stream_api.router,
         system_api.router,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pomelo.config import Settings, load_settings
@@ -32,7 +33,9 @@ tenant_app = typer.Typer(help="Tenants (client companies).", no_args_is_help=Tru
 user_app = typer.Typer(help="Employees.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
+pbx_app = typer.Typer(help="PBX: SIP accounts (extensions), trunks, numbers.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+app.add_typer(pbx_app, name="pbx")
 
 out = Console()
 err = Console(stderr=True)
@@ -49,7 +52,7 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     try:
         return load_settings(config, **flags)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -69,10 +72,10 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[T]], *, start: bool
     try:
         return asyncio.run(main())
     except (DomainError, ConfigError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot reach the database: {exc}")
+        err.print(f"[red]error:[/red] cannot reach the database: {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -113,7 +116,7 @@ def _serve(settings: Settings, before: Callable[[Any], Awaitable[None]] | None =
     try:
         run(main(), use_uvloop=settings.uvloop)
     except (DomainError, ConfigError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -195,7 +198,7 @@ def db_check(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     if drift:
         err.print("[red]models and migrations disagree:[/red]")
         for item in drift:
-            err.print(f"  {item}")
+            err.print(f"  {escape(str(item))}")
         raise typer.Exit(1)
     out.print("models and migrations agree")
 
@@ -222,10 +225,10 @@ def tenant_create(
     database_url: DbOpt = None,
 ) -> None:
     """Create a tenant with its built-in roles."""
-    from pomelo.auth.schemas import TenantUpdate
+    from pomelo.auth.schemas import TenantCreate
 
     settings = _settings(config, database_url=database_url)
-    _validate(TenantUpdate, name=name, timezone=timezone)
+    _validate(TenantCreate, slug=slug, name=name, timezone=timezone)
 
     async def work(platform: Any) -> Any:
         return await platform.directory.create_tenant(slug, name, timezone)
@@ -278,6 +281,158 @@ def user_create(
     out.print(f"user {user['username']} created (id {user['id']}, role {user['role']})")
 
 
+TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant slug.")]
+
+
+def _tenant_work(
+    slug: str, work: Callable[[Any, Any], Awaitable[T]]
+) -> Callable[[Any], Awaitable[T]]:
+    """Wrap `work(platform, system_actor)` with the tenant lookup every PBX command needs."""
+    from pomelo.auth.access import Actor
+
+    async def run(platform: Any) -> T:
+        found = await platform.directory.tenant_by_slug(slug)
+        if found is None:
+            raise ConfigError(f"no tenant {slug!r}")
+        return await work(platform, Actor.system(found.id, "cli"))
+
+    return run
+
+
+@pbx_app.command("account-create")
+def pbx_account_create(
+    tenant: TenantOpt,
+    first: Annotated[str, typer.Option(help="First extension, e.g. 201.")],
+    count: Annotated[int, typer.Option(help="How many consecutive extensions.")] = 1,
+    owner: Annotated[
+        str | None, typer.Option("--user", help="Username of the employee (only with --count 1).")
+    ] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create SIP accounts with generated passwords (printed once)."""
+    from pomelo.pbx.schemas import SipAccountBulkCreate, SipAccountCreate
+
+    settings = _settings(config, database_url=database_url)
+    body = _validate(SipAccountBulkCreate, first_extension=first, count=count)
+    if owner is not None and count != 1:
+        err.print("[red]error:[/red] --user needs --count 1")
+        raise typer.Exit(2)
+
+    async def work(platform: Any, system: Any) -> list[dict[str, Any]]:
+        if owner is None:
+            created: list[dict[str, Any]] = await platform.pbx.bulk_create_accounts(
+                system, body.first_extension, body.count
+            )
+            return created
+        users, _ = await platform.directory.list_users(system, limit=1, offset=0, query=owner)
+        match = [u for u in users if u["username"] == owner]
+        if not match:
+            raise ConfigError(f"no user {owner!r} in tenant {tenant!r}")
+        one = SipAccountCreate(extension=body.first_extension, user_id=match[0]["id"])
+        return [await platform.pbx.create_account(system, one)]
+
+    created = _run(settings, _tenant_work(tenant, work))
+    table = Table(title="SIP accounts (passwords are shown only now)")
+    for column in ("extension", "domain", "password"):
+        table.add_column(column)
+    for account in created:
+        table.add_row(account["extension"], account["domain"], account["password"])
+    out.print(table)
+
+
+@pbx_app.command("account-list")
+def pbx_account_list(
+    tenant: TenantOpt, config: ConfigOpt = None, database_url: DbOpt = None
+) -> None:
+    """List SIP accounts with their registration counts."""
+    settings = _settings(config, database_url=database_url)
+
+    async def work(platform: Any, system: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (
+            await platform.pbx.list_accounts(system, limit=500, offset=0)
+        )[0]
+        return items
+
+    table = Table(title=f"SIP accounts of {tenant}")
+    for column in ("extension", "domain", "enabled", "registered"):
+        table.add_column(column)
+    for a in _run(settings, _tenant_work(tenant, work)):
+        table.add_row(a["extension"], a["domain"], str(a["enabled"]), str(a["registered_contacts"]))
+    out.print(table)
+
+
+@pbx_app.command("trunk-create")
+def pbx_trunk_create(
+    tenant: TenantOpt,
+    name: str,
+    host: Annotated[str, typer.Option(help="Provider host or IP.")],
+    kind: Annotated[str, typer.Option(help="peer (by address) or register.")] = "peer",
+    port: Annotated[int, typer.Option(help="Provider port.")] = 5060,
+    transport: Annotated[str, typer.Option(help="udp, tcp or tls.")] = "udp",
+    inbound_cidr: Annotated[
+        list[str] | None, typer.Option(help="Source network allowed to send calls (repeatable).")
+    ] = None,
+    username: Annotated[str | None, typer.Option(help="Registration user.")] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="POMELO_TRUNK_PASSWORD", help="Registration password.")
+    ] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a trunk."""
+    from pomelo.pbx.schemas import TrunkCreate
+
+    settings = _settings(config, database_url=database_url)
+    body = _validate(
+        TrunkCreate,
+        name=name,
+        kind=kind,
+        host=host,
+        port=port,
+        transport=transport,
+        inbound_cidrs=inbound_cidr or [],
+        username=username,
+        password=password,
+    )
+
+    async def work(platform: Any, system: Any) -> dict[str, Any]:
+        created: dict[str, Any] = await platform.pbx.create_trunk(system, body)
+        return created
+
+    trunk = _run(settings, _tenant_work(tenant, work))
+    out.print(f"trunk {trunk['name']} created (id {trunk['id']})")
+
+
+@pbx_app.command("number-create")
+def pbx_number_create(
+    tenant: TenantOpt,
+    number: str,
+    route: Annotated[
+        str,
+        typer.Option(help="hangup, or KIND:TARGET with KIND employee|extension|group|scenario."),
+    ] = "hangup",
+    trunk: Annotated[str | None, typer.Option(help="Trunk id.")] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Add a DID and route it."""
+    from pomelo.pbx.schemas import NumberCreate
+
+    settings = _settings(config, database_url=database_url)
+    kind, _, target = route.partition(":")
+    body = _validate(
+        NumberCreate, number=number, trunk_id=trunk, route_kind=kind, route_target=target or None
+    )
+
+    async def work(platform: Any, system: Any) -> dict[str, Any]:
+        created: dict[str, Any] = await platform.pbx.create_number(system, body)
+        return created
+
+    row = _run(settings, _tenant_work(tenant, work))
+    out.print(f"number {row['number']} created (id {row['id']}), route {row['route_kind']}")
+
+
 def _validate(model: Any, **values: Any) -> Any:
     from pydantic import ValidationError
 
@@ -285,7 +440,8 @@ def _validate(model: Any, **values: Any) -> Any:
         return model(**values)
     except ValidationError as exc:
         for e in exc.errors():
-            err.print(f"[red]error:[/red] {'.'.join(map(str, e['loc']))}: {e['msg']}")
+            where = ".".join(map(str, e["loc"]))
+            err.print(f"[red]error:[/red] {escape(where)}: {escape(str(e['msg']))}")
         raise typer.Exit(2) from None
 
 
@@ -311,9 +467,9 @@ def check(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
         hints.append("serving beyond loopback: put TLS in front and set cookie_secure = true")
     problems.extend(_check_database(settings))
     for hint in hints:
-        out.print(f"[yellow]hint:[/yellow] {hint}")
+        out.print(f"[yellow]hint:[/yellow] {escape(hint)}")
     for problem in problems:
-        err.print(f"[red]problem:[/red] {problem}")
+        err.print(f"[red]problem:[/red] {escape(problem)}")
     if problems:
         raise typer.Exit(1)
     out.print("[green]configuration OK[/green]")

@@ -10,12 +10,16 @@ from sqlalchemy import select
 from pomelo.app import Platform
 from pomelo.auth.access import Actor
 from pomelo.auth.models import Group, Tenant, User
-from pomelo.auth.schemas import GroupCreate, UserCreate, UserUpdate
+from pomelo.auth.schemas import GroupCreate, TenantUpdate, UserCreate, UserUpdate
 from pomelo.core.errors import ConfigError
+from pomelo.pbx.models import PhoneNumber, SipAccount, Trunk
+from pomelo.pbx.schemas import NumberCreate, SipAccountCreate, SipAccountUpdate, TrunkCreate
 
 DEMO_TENANT = "demo"
 DEMO_PASSWORD = "demo"  # noqa: S105 (the documented demo credential)
 GROUPS = ("Sales", "Support")
+DEMO_DID = "+74950000000"
+EXTENSIONS = range(101, 111)
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,72 @@ async def seed_demo(platform: Platform) -> list[DemoUser]:
     if tenant is None:
         tenant = await directory.create_tenant(DEMO_TENANT, "Demo Company", "Europe/Moscow")
     system = Actor.system(tenant.id, name="demo-seed")
+    if tenant.sip_domain != platform.settings.sip_host:
+        await directory.update_tenant(system, TenantUpdate(sip_domain=platform.settings.sip_host))
     group_ids = await _ensure_groups(platform, tenant, system)
+    user_ids = {}
     for spec in DEMO_USERS:
-        user_id = await _ensure_user(platform, tenant, system, spec, group_ids)
+        user_ids[spec.username] = await _ensure_user(platform, tenant, system, spec, group_ids)
         if spec.available:
-            await directory.set_presence(system, user_id, "available", None, True)
+            await directory.set_presence(system, user_ids[spec.username], "available", None, True)
+    await _ensure_telephony(platform, tenant, system, user_ids, group_ids)
     return list(DEMO_USERS)
+
+
+async def _ensure_telephony(
+    platform: Platform,
+    tenant: Tenant,
+    system: Actor,
+    users: dict[str, str],
+    groups: dict[str, str],
+) -> None:
+    """Extensions 101–110 (101–106 are operator1…6's, password demo<ext>), a trunk accepting
+    calls from 127.0.0.1, and the demo DID. Until scenarios exist (issue 5) the DID routes
+    straight to Sales."""
+    pbx = platform.pbx
+    async with platform.db.session() as session:
+        accounts = {
+            a.extension: a
+            for a in await session.scalars(
+                select(SipAccount).where(SipAccount.tenant_id == tenant.id)
+            )
+        }
+        trunk = await session.scalar(
+            select(Trunk).where(Trunk.tenant_id == tenant.id, Trunk.name == "Demo trunk")
+        )
+        did = await session.scalar(select(PhoneNumber).where(PhoneNumber.number == DEMO_DID))
+    for ext in EXTENSIONS:
+        owner = users.get(f"operator{ext - 100}")
+        password = f"{DEMO_PASSWORD}{ext}"
+        existing = accounts.get(str(ext))
+        if existing is None:
+            await pbx.create_account(
+                system, SipAccountCreate(extension=str(ext), user_id=owner, password=password)
+            )
+        else:  # refresh in place: deleting would drop the phones' registrations
+            await pbx.update_account(system, existing.id, SipAccountUpdate(user_id=owner))
+            await pbx.reset_password(system, existing.id, password)
+    if trunk is None:
+        created = await pbx.create_trunk(
+            system,
+            TrunkCreate(
+                name="Demo trunk", kind="peer", host="127.0.0.1", inbound_cidrs=["127.0.0.1/32"]
+            ),
+        )
+        trunk_id = created["id"]
+    else:
+        trunk_id = trunk.id
+    if did is None:
+        await pbx.create_number(
+            system,
+            NumberCreate(
+                number=DEMO_DID,
+                trunk_id=trunk_id,
+                route_kind="group",
+                route_target=groups["Sales"],
+                description="Demo line",
+            ),
+        )
 
 
 async def _ensure_groups(platform: Platform, tenant: Tenant, system: Actor) -> dict[str, str]:

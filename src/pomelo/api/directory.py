@@ -17,6 +17,7 @@ from pomelo.api.deps import (
 )
 from pomelo.api.problems import problem_responses
 from pomelo.api.schemas import Page
+from pomelo.auth.models import Tenant
 from pomelo.auth.permissions import Permission
 from pomelo.auth.schemas import (
     GroupCreate,
@@ -40,6 +41,12 @@ from pomelo.core.errors import NotFound
 P = Permission
 
 router = APIRouter(prefix="/api/v1", responses=problem_responses(400, 401, 403, 404, 409, 413, 422))
+
+
+def tenant_public(t: Tenant) -> TenantPublic:
+    return TenantPublic(
+        id=t.id, slug=t.slug, name=t.name, timezone=t.timezone, sip_domain=t.sip_domain
+    )
 
 
 @router.post("/auth/login", tags=["auth"], **public())
@@ -78,9 +85,7 @@ async def _me(platform: PlatformDep, actor: ActorDep) -> Me:
     tenant = await platform.directory.get_tenant(actor)
     return Me(
         user=UserPublic(**user),
-        tenant=TenantPublic(
-            id=tenant.id, slug=tenant.slug, name=tenant.name, timezone=tenant.timezone
-        ),
+        tenant=tenant_public(tenant),
         permissions=sorted(actor.permissions),
         scope=actor.scope.value,
     )
@@ -101,13 +106,13 @@ async def set_my_presence(
 @router.get("/tenant", tags=["tenant"], **guarded())
 async def get_tenant(actor: ActorDep, platform: PlatformDep) -> TenantPublic:
     t = await platform.directory.get_tenant(actor)
-    return TenantPublic(id=t.id, slug=t.slug, name=t.name, timezone=t.timezone)
+    return tenant_public(t)
 
 
 @router.patch("/tenant", tags=["tenant"], **guarded(P.TENANT_MANAGE))
 async def update_tenant(body: TenantUpdate, actor: ActorDep, platform: PlatformDep) -> TenantPublic:
     t = await platform.directory.update_tenant(actor, body)
-    return TenantPublic(id=t.id, slug=t.slug, name=t.name, timezone=t.timezone)
+    return tenant_public(t)
 
 
 @router.get("/users", tags=["users"], **guarded(P.USERS_VIEW))

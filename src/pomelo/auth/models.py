@@ -16,6 +16,8 @@ class Tenant(IdMixin, Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    #: The SIP domain (realm) its phones register to; unique, as it selects the tenant.
+    sip_domain: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -195,6 +195,13 @@ class TenantPublic(BaseModel):
     slug: str
     name: str
     timezone: str
+    sip_domain: str | None
+
+
+class TenantCreate(Strict):
+    slug: Slug
+    name: Name
+    timezone: Annotated[str, StringConstraints(max_length=64)] = "UTC"
 
 
 class TenantUpdate(Strict):
@@ -204,6 +211,9 @@ class TenantUpdate(Strict):
 
     name: Name | None = None
     timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    sip_domain: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-:\[\]]{1,255}$")] | None
+    ) = None
 
 
 class Me(BaseModel):

@@ -64,10 +64,14 @@ class DirectoryService:
 
     # -- tenants ---------------------------------------------------------------------------
 
-    async def create_tenant(self, slug: str, name: str, timezone: str = "UTC") -> Tenant:
+    async def create_tenant(
+        self, slug: str, name: str, timezone: str = "UTC", sip_domain: str | None = None
+    ) -> Tenant:
         _check_timezone(timezone)
         async with self._uow() as uow:
-            tenant = Tenant(slug=slug, name=name, timezone=timezone)
+            tenant = Tenant(
+                slug=slug, name=name, timezone=timezone, sip_domain=sip_domain or f"{slug}.sip"
+            )
             uow.session.add(tenant)
             await _flush_unique(uow, f"tenant {slug!r} already exists", "tenant-exists")
             for role in BuiltinRole:
@@ -103,10 +107,14 @@ class DirectoryService:
         async with self._uow() as uow:
             tenant = await uow.session.get(Tenant, actor.tenant_id)
             assert tenant is not None
-            before = {"name": tenant.name, "timezone": tenant.timezone}
+            fields = ("name", "timezone", "sip_domain")
+            before = {f: getattr(tenant, f) for f in fields}
             for key, value in data.model_dump(exclude_none=True).items():
                 setattr(tenant, key, value)
-            after = {"name": tenant.name, "timezone": tenant.timezone}
+            await _flush_unique(
+                uow, "that SIP domain belongs to another tenant", "sip-domain-taken"
+            )
+            after = {f: getattr(tenant, f) for f in fields}
             audit.record(
                 uow.session,
                 actor,

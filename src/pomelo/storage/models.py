@@ -2,6 +2,7 @@
 
 from pomelo.audit.models import AuditEntry
 from pomelo.auth.models import ApiKey, AuthSession, Group, GroupMember, Role, Tenant, User
+from pomelo.pbx.models import PhoneNumber, Registration, SipAccount, Trunk
 from pomelo.storage.base import Base
 from pomelo.storage.eventlog import EventLogEntry
 
@@ -14,8 +15,12 @@ __all__ = [
     "EventLogEntry",
     "Group",
     "GroupMember",
+    "PhoneNumber",
+    "Registration",
     "Role",
+    "SipAccount",
     "Tenant",
+    "Trunk",
     "User",
     "metadata",
 ]

@@ -37,6 +37,9 @@ def ids_of(t: TenantFixture) -> dict[str, str]:
         "group_id": t.group_ids[0],
         "role_id": t.custom_role_id,
         "key_id": t["operator"].api_key_id,
+        "account_id": t.account_id,
+        "trunk_id": t.trunk_id,
+        "number_id": t.number_id,
     }
 
 

@@ -1,0 +1,1 @@
+"""The virtual PBX: SIP accounts, trunks, numbers, registrations, and (later) the B2BUA."""
