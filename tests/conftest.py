@@ -239,13 +239,17 @@ async def _pbx_objects(platform: Platform, system: Actor, t: TenantFixture) -> N
         system, SipAccountCreate(extension="101", user_id=t["operator"].id)
     )
     trunk = await platform.pbx.create_trunk(
-        system, TrunkCreate(name="Carrier", kind="peer", host="127.0.0.1",
-                            inbound_cidrs=["127.0.0.1/32"])
+        system,
+        TrunkCreate(name="Carrier", kind="peer", host="127.0.0.1", inbound_cidrs=["127.0.0.1/32"]),
     )
     number = await platform.pbx.create_number(
-        system, NumberCreate(number=f"+7495{uuid.uuid4().int % 10**7:07d}",
-                             trunk_id=trunk["id"], route_kind="group",
-                             route_target=t.group_ids[0])
+        system,
+        NumberCreate(
+            number=f"+7495{uuid.uuid4().int % 10**7:07d}",
+            trunk_id=trunk["id"],
+            route_kind="group",
+            route_target=t.group_ids[0],
+        ),
     )
     t.account_id, t.trunk_id, t.number_id = account["id"], trunk["id"], number["id"]
 
@@ -280,3 +284,17 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def require_tool(command: str, package: str) -> str:
+    """Path of a real peer program; skipped when absent, but a failure when CI demands peers
+    (POMELO_REQUIRE_PEERS=1), so a missing install can never pass silently."""
+    import shutil
+
+    path = shutil.which(command)
+    if path is not None:
+        return path
+    message = f"{command} not installed (Debian package {package})"
+    if os.environ.get("POMELO_REQUIRE_PEERS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -20,9 +20,17 @@ from pomelo.sip.message import SipRequest
 from pomelo.sip.transaction import ServerTransaction
 from pomelo.sip.transport import Source
 from pomelo.sip.uri import NameAddr, SipUri
+from tests.conftest import require_tool
 
 SIPP = shutil.which("sipp")
-pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp not installed (apt: sip-tester)")
+pytestmark = pytest.mark.usefixtures("sipp")
+
+
+@pytest.fixture(scope="module")
+def sipp() -> str:
+    """Skips the module without SIPp, or fails it when CI demands real peers."""
+    return require_tool("sipp", "sip-tester")
+
 
 SDP = (
     b"v=0\r\no=pomelo 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
