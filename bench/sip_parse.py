@@ -5,6 +5,9 @@ Bounded: a fixed number of timed batches, well under 10 s on a 2-core machine. W
 on the same messages for comparison; it is not a project dependency, so "null" is printed
 otherwise. Note it is lazier than Pomelo: it parses only the Request-URI eagerly, so a
 "typed" variant that also parses Via/From/To/CSeq/Contact is reported too.
+
+Pomelo checks the Request-URI while parsing but may build its SipUri on first access, so
+``invite_with_uri_us_median`` also reads ``.uri``, which is what a UAS or proxy always does.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pomelo.sip.message import parse_message
+from pomelo.sip.message import SipRequest, parse_message
 
 SDP = (
     b"v=0\r\n"
@@ -83,6 +86,11 @@ def median_us(parse: Callable[[bytes], object], data: bytes) -> float:
     return round(statistics.median(samples), 2)
 
 
+def parse_with_uri(data: bytes) -> object:
+    message = parse_message(data)
+    return message.uri if isinstance(message, SipRequest) else message
+
+
 def sipmessage_parsers() -> tuple[Callable[[bytes], object], Callable[[bytes], object]] | None:
     try:
         import sipmessage  # type: ignore[import-not-found]
@@ -110,6 +118,7 @@ def main() -> None:
         "bench": "sip_parse",
         "invite_us_median": median_us(parse_message, INVITE),
         "response_us_median": median_us(parse_message, RESPONSE),
+        "invite_with_uri_us_median": median_us(parse_with_uri, INVITE),
         "invite_bytes": len(INVITE),
         "response_bytes": len(RESPONSE),
         "iterations": BATCH * BATCHES,

@@ -451,15 +451,11 @@ def _check_retry_after(value: str) -> None:
         raise SipParseError(f"malformed Retry-After header {_clip(value)}")
 
 
-# Per-key handling in the parser: True for eagerly parsed headers, a function for lazily kept
-# headers that still get a cheap check (RFC 4475 shows attackers overflowing their scalars).
+# Lazily kept headers that still get a cheap check in the parser (RFC 4475 shows attackers
+# overflowing their scalars).
 _VALIDATORS: Final[dict[str, Callable[[str], None]]] = {
     "warning": _check_warning,
     "retry-after": _check_retry_after,
-}
-_SPECIAL: Final[dict[str, bool]] = {
-    **dict.fromkeys(_EAGER, True),
-    **dict.fromkeys(_VALIDATORS, False),
 }
 
 
@@ -715,10 +711,24 @@ class SipMessage:
 
 
 class SipRequest(SipMessage):
-    __slots__ = ("method", "uri")
+    __slots__ = ("_uri", "_uri_raw", "method")
 
     method: str
-    uri: Uri
+    _uri: Uri | None
+    _uri_raw: str
+
+    @property
+    def uri(self) -> Uri:
+        """The Request-URI; the parser checks it but may leave building it to first access."""
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = parse_uri(self._uri_raw)
+        return uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self._uri_raw = ""
 
     def __init__(
         self,
@@ -756,12 +766,14 @@ class SipRequest(SipMessage):
         )
 
     def start_line(self) -> str:
-        return f"{self.method} {self.uri} SIP/2.0"
+        uri = self._uri
+        return f"{self.method} {self._uri_raw if uri is None else uri} SIP/2.0"
 
     def copy(self) -> SipRequest:
         clone = SipRequest.__new__(SipRequest)
         clone.method = self.method
-        clone.uri = self.uri.copy()
+        clone._uri = None if self._uri is None else self._uri.copy()
+        clone._uri_raw = self._uri_raw
         self._copy_common_into(clone)
         return clone
 
@@ -876,6 +888,65 @@ def make_response(
 
 # -- parser --------------------------------------------------------------------------------
 
+# Fast paths. Each pattern accepts a strict subset of what the general grammar above accepts
+# and captures the same pieces, so on a miss the general code runs and decides exactly as it
+# always has: the fast paths can make a message cheaper to parse, never parse it differently.
+# They use positive character classes only, which the regex engine tests with one bitmap
+# lookup per character instead of a chain of negated items and a Unicode category check.
+_FAST_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"  # noqa: S105 - RFC 3261 token, not a secret
+_FAST_PARAMS = rf"(?:;{_FAST_TOKEN}(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]/?@&$]+)?)*"
+_VIA_FAST_RE = re.compile(
+    rf"SIP/2\.0/(UDP|TCP|TLS|SCTP|WSS?) ([A-Za-z0-9\-_.]+)(?::([0-9]{{1,5}}))?({_FAST_PARAMS})"
+)
+_NAME_ADDR_FAST_RE = re.compile(
+    rf'(?:({_FAST_TOKEN}(?: {_FAST_TOKEN})*) ?|"([^"\\]*)" ?)?'
+    r"<((?:sips?|tel):[A-Za-z0-9\-_.!~*'()%&=+$,;?/:@\[\]]*)>"
+    rf"({_FAST_PARAMS})"
+)
+# Request-URIs that parse_uri() is certain to accept and to print back unchanged (lower-case
+# scheme, no password, no IPv6 reference, no headers, a port without leading zeros), so the
+# SipUri can be built on first access and an untouched request still serializes its raw text.
+_REQUEST_URI_FAST = (
+    r"sips?:(?:[A-Za-z0-9\-_.!~*'()%&=+$,]+@)?[A-Za-z0-9\-_.]+(?::([1-9][0-9]{0,4}))?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+)?)*"
+)
+_REQUEST_URI_FAST_RE = re.compile(_REQUEST_URI_FAST)
+_REQUEST_LINE_FAST_RE = re.compile(
+    r"(INVITE|ACK|BYE|CANCEL|OPTIONS|REGISTER|INFO|UPDATE|PRACK|SUBSCRIBE|NOTIFY|REFER|MESSAGE)"
+    rf" ({_REQUEST_URI_FAST}) SIP/2\.0"
+)
+
+# Header dispatch: one dict hit on the exact spelling gives the lookup key and what to do.
+_EXTRA = 0
+_VIA = 1
+_FROM = 2
+_TO = 3
+_CALL_ID = 4
+_CSEQ = 5
+_CONTACT = 6
+_MAX_FORWARDS = 7
+_CONTENT_LENGTH = 8
+_ROUTE = 9
+_RECORD_ROUTE = 10
+_CHECKED = 11
+
+_KEY_ACTIONS: Final[dict[str, int]] = {
+    "via": _VIA,
+    "from": _FROM,
+    "to": _TO,
+    "call-id": _CALL_ID,
+    "cseq": _CSEQ,
+    "contact": _CONTACT,
+    "max-forwards": _MAX_FORWARDS,
+    "content-length": _CONTENT_LENGTH,
+    "route": _ROUTE,
+    "record-route": _RECORD_ROUTE,
+    **dict.fromkeys(_VALIDATORS, _CHECKED),
+}
+_DISPATCH: Final[dict[str, tuple[str, int, str]]] = {
+    name: (key, _KEY_ACTIONS.get(key, _EXTRA), name) for name, key in _FAST_KEYS.items()
+}
+
 
 def parse_message(
     data: bytes,
@@ -902,10 +973,11 @@ def parse_message(
     except UnicodeDecodeError:
         raise SipParseError("header section is not valid UTF-8") from None
     lines = head.split("\r\n")
-    breaks = len(lines) - 1
     # A lone CR or LF would survive into header values and let a relayed copy of this
-    # message smuggle extra header lines past us.
-    if head.count("\n") != breaks or head.count("\r") != breaks:
+    # message smuggle extra header lines past us. Every CRLF went into the split, so any CR
+    # or LF left in the pieces is a bare one; joining them is cheaper than counting twice.
+    rest = "".join(lines)
+    if "\r" in rest or "\n" in rest:
         raise SipParseError("bare CR or LF in header section")
     if len(lines) > max_headers + 1:
         raise SipParseError(f"more than {max_headers} header lines")
@@ -936,18 +1008,6 @@ class _FoldedLine(Exception):
     """Internal signal: a header line was an obsolete LWS continuation."""
 
 
-def _parse_lines(lines: list[str]) -> tuple[SipRequest | SipResponse, int | None]:
-    start = lines[0]
-    if start[:4] == "SIP/":
-        response = _parse_status_line(start)
-        return response, _parse_headers(response, lines)
-    request = _parse_request_line(start)
-    length = _parse_headers(request, lines)
-    if request.cseq_method != request.method:
-        raise SipParseError("CSeq method does not match the request method")
-    return request, length
-
-
 _COMMON_METHODS: Final = frozenset(
     [
         "INVITE",
@@ -968,6 +1028,15 @@ _COMMON_METHODS: Final = frozenset(
 
 
 def _parse_request_line(line: str) -> SipRequest:
+    fast = _REQUEST_LINE_FAST_RE.fullmatch(line)
+    if fast is not None:
+        method, target, port = fast.groups()
+        if port is None or int(port) <= 65535:
+            request = _new_request(SipRequest)
+            request.method = method
+            request._uri = None  # built by the ``uri`` property on first access
+            request._uri_raw = target
+            return request
     parts = line.split(" ")
     if len(parts) != 3:
         raise SipParseError(f"malformed request line {_clip(line)}")
@@ -976,12 +1045,17 @@ def _parse_request_line(line: str) -> SipRequest:
         raise SipParseError(f"invalid method {_clip(method)}")
     if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         raise SipParseError(f"unsupported SIP version {_clip(version)}")
+    request = SipRequest.__new__(SipRequest)
+    request.method = method
+    request._uri_raw = target
+    fast = _REQUEST_URI_FAST_RE.fullmatch(target)
+    if fast is not None and (fast.lastindex is None or int(fast[1]) <= 65535):
+        request._uri = None  # built by the ``uri`` property on first access
+        return request
     uri = parse_uri(target)
     if type(uri) is SipUri and uri.headers:
         raise SipParseError("Request-URI must not contain headers")
-    request = SipRequest.__new__(SipRequest)
-    request.method = method
-    request.uri = uri
+    request._uri = uri
     return request
 
 
@@ -998,17 +1072,28 @@ def _parse_status_line(line: str) -> SipResponse:
     return response
 
 
-def _small_int(value: str, limit: int, what: str) -> int:
-    """Fast path of :func:`_bounded_int` for the scalars present in every message."""
-    if value.isdigit() and value.isascii() and len(value) <= 6:
-        number = int(value)
-        if number <= limit:
-            return number
-    return _bounded_int(value, limit, what)
+def _name_addr(match: re.Match[str]) -> NameAddr:
+    """Build a NameAddr from a :data:`_NAME_ADDR_FAST_RE` match."""
+    token, quoted, uri, params = match.groups()
+    item = _new_name_addr(NameAddr)
+    item._uri = None
+    item._uri_raw = uri
+    item.display_name = token if quoted is None else quoted
+    item._params = None if params else {}
+    item._params_raw = params
+    return item
 
 
-def _parse_headers(message: SipMessage, lines: list[str]) -> int | None:
-    """Fill ``message`` from header lines; returns the Content-Length, if one was given."""
+_new_name_addr = NameAddr.__new__
+_new_via = Via.__new__
+_new_request = SipRequest.__new__
+
+
+def _parse_lines(lines: list[str]) -> tuple[SipRequest | SipResponse, int | None]:
+    """Build the message from the start line and header lines; also returns Content-Length."""
+    start = lines[0]
+    message: SipRequest | SipResponse
+    message = _parse_status_line(start) if start[:4] == "SIP/" else _parse_request_line(start)
     vias: list[Via] = []
     contacts: list[NameAddr] = []
     routes: list[NameAddr] = []
@@ -1017,78 +1102,146 @@ def _parse_headers(message: SipMessage, lines: list[str]) -> int | None:
     from_: NameAddr | None = None
     to: NameAddr | None = None
     call_id: str | None = None
-    cseq: tuple[int, str] | None = None
+    cseq: int | None = None
+    cseq_method = ""
     max_forwards: int | None = None
     length: int | None = None
     wildcard = False
-    fast_keys = _FAST_KEYS
-    special = _SPECIAL
-    for line in lines[1:]:
+    dispatch = _DISPATCH.get
+    via_fast = _VIA_FAST_RE.fullmatch
+    name_addr_fast = _NAME_ADDR_FAST_RE.fullmatch
+    add_extra = extra.append
+    rows = iter(lines)
+    next(rows)
+    for line in rows:
         name, colon, value = line.partition(":")
-        key = fast_keys.get(name)
-        if key is None:
-            key, name = _slow_key(line, name, colon)
+        entry = dispatch(name)
+        if entry is None:
+            entry = _slow_entry(line, name, colon)
+        key, action, name = entry
         value = value.strip(" \t")
-        kind = special.get(key)
-        if kind is None:
-            extra.append((key, name, value))
-        elif kind is not True:
-            _VALIDATORS[key](value)
-            extra.append((key, name, value))
-        elif key == "via":
-            vias += parse_via_list(value)
-        elif key == "from":
-            if from_ is not None:
-                raise SipParseError("duplicate From header")
-            from_ = parse_name_addr(value, "From")
-        elif key == "to":
-            if to is not None:
-                raise SipParseError("duplicate To header")
-            to = parse_name_addr(value, "To")
-        elif key == "call-id":
+        if action == _EXTRA:
+            add_extra((key, name, value))
+        elif action == _VIA:
+            match = via_fast(value)
+            if match is None:
+                vias += parse_via_list(value)
+                continue
+            transport, host, port, params = match.groups()
+            via = _new_via(Via)
+            via.transport = transport
+            via.host = host
+            if port is None:
+                via.port = None
+            elif (number := int(port)) <= 65535:
+                via.port = number
+            else:
+                vias += parse_via_list(value)  # raises with the usual reason
+            via._params = None if params else {}
+            via._params_raw = params
+            vias.append(via)
+        elif action <= _TO:
+            match = name_addr_fast(value)
+            if action == _FROM:
+                if from_ is not None:
+                    raise SipParseError("duplicate From header")
+                from_ = parse_name_addr(value, "From") if match is None else _name_addr(match)
+            else:
+                if to is not None:
+                    raise SipParseError("duplicate To header")
+                to = parse_name_addr(value, "To") if match is None else _name_addr(match)
+        elif action == _CALL_ID:
             if call_id is not None:
                 raise SipParseError("duplicate Call-ID header")
-            call_id = _check_call_id(value)
-        elif key == "cseq":
+            # Printable ASCII without spaces is what matters for safe relaying; the exact
+            # word grammar is only consulted when this cheap test fails.
+            if value.isascii() and value.isprintable() and value and " " not in value:
+                call_id = value
+            else:
+                call_id = _check_call_id(value)
+        elif action == _CSEQ:
             if cseq is not None:
                 raise SipParseError("duplicate CSeq header")
-            cseq = _parse_cseq(value)
-        elif key == "contact":
+            digits, _, method = value.partition(" ")
+            if (
+                method in _COMMON_METHODS
+                and digits.isdigit()
+                and digits.isascii()
+                and len(digits) < 10
+            ):
+                cseq = int(digits)
+                cseq_method = method
+            else:
+                cseq, cseq_method = _parse_cseq(value)
+        elif action == _CONTACT:
             if value == "*":
                 wildcard = True
+                continue
+            match = name_addr_fast(value)
+            if match is not None:
+                contacts.append(_name_addr(match))
             else:
                 contacts += parse_name_addr_list(value, "Contact")
-        elif key == "max-forwards":
+        elif action == _MAX_FORWARDS:
             if max_forwards is not None:
                 raise SipParseError("duplicate Max-Forwards header")
-            max_forwards = _small_int(value, _MAX_FORWARDS_LIMIT, "Max-Forwards")
-        elif key == "content-length":
+            if (
+                len(value) <= 6
+                and value.isdigit()
+                and value.isascii()
+                and (number := int(value)) <= _MAX_FORWARDS_LIMIT
+            ):
+                max_forwards = number
+            else:
+                max_forwards = _bounded_int(value, _MAX_FORWARDS_LIMIT, "Max-Forwards")
+        elif action == _CONTENT_LENGTH:
             if length is not None:
                 raise SipParseError("duplicate Content-Length header")
-            length = _small_int(value, MAX_MESSAGE_SIZE * 16, "Content-Length")
-        elif key == "route":
-            routes += parse_name_addr_list(value, "Route", bracket_only=True)
+            if (
+                len(value) <= 6
+                and value.isdigit()
+                and value.isascii()
+                and (number := int(value)) <= MAX_MESSAGE_SIZE * 16
+            ):
+                length = number
+            else:
+                length = _bounded_int(value, MAX_MESSAGE_SIZE * 16, "Content-Length")
+        elif action == _CHECKED:
+            _VALIDATORS[key](value)
+            add_extra((key, name, value))
         else:
-            record_routes += parse_name_addr_list(value, "Record-Route", bracket_only=True)
+            what = "Route" if action == _ROUTE else "Record-Route"
+            match = name_addr_fast(value)
+            if match is not None:
+                items = [_name_addr(match)]
+            else:
+                items = parse_name_addr_list(value, what, bracket_only=True)
+            if action == _ROUTE:
+                routes += items
+            else:
+                record_routes += items
     if from_ is None or to is None or call_id is None or cseq is None or not vias:
         raise SipParseError(_missing_reason(from_, to, call_id, cseq, vias))
     if wildcard and contacts:
         raise SipParseError("Contact '*' mixed with other contacts")
+    if type(message) is SipRequest and cseq_method != message.method:
+        raise SipParseError("CSeq method does not match the request method")
     message.vias = vias
     message.from_ = from_
     message.to = to
     message.call_id = call_id
-    message.cseq, message.cseq_method = cseq
+    message.cseq = cseq
+    message.cseq_method = cseq_method
     message.contacts = contacts
     message.contact_wildcard = wildcard
     message.routes = routes
     message.record_routes = record_routes
     message.max_forwards = max_forwards
     message._extra = extra
-    return length
+    return message, length
 
 
-def _slow_key(line: str, name: str, colon: str) -> tuple[str, str]:
+def _slow_entry(line: str, name: str, colon: str) -> tuple[str, int, str]:
     if line[:1] in (" ", "\t"):
         raise _FoldedLine
     if not colon:
@@ -1096,10 +1249,11 @@ def _slow_key(line: str, name: str, colon: str) -> tuple[str, str]:
     name = name.rstrip(" \t")
     if _TOKEN_RE.fullmatch(name) is None:
         raise SipParseError(f"invalid header name {_clip(name)}")
-    return header_key(name), name
+    key = header_key(name)
+    return key, _KEY_ACTIONS.get(key, _EXTRA), name
 
 
 def _missing_reason(*found: object) -> str:
     names = ("From", "To", "Call-ID", "CSeq", "Via")
-    missing = [name for name, value in zip(names, found, strict=True) if not value]
+    missing = [name for name, value in zip(names, found, strict=True) if value in (None, [])]
     return "missing mandatory header(s): " + ", ".join(missing)

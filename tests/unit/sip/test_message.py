@@ -400,3 +400,146 @@ class TestMakeResponse:
     def test_rejects_bad_status(self) -> None:
         with pytest.raises(ValueError, match="status"):
             make_response(request(INVITE), 99)
+
+
+# -- fast paths ------------------------------------------------------------------------------
+# The parser takes shortcuts for the common shapes of the Request-URI, Via, From, To, Contact,
+# Route, CSeq and friends. Each shortcut must give exactly what the general grammar gives, and
+# anything just outside it must still be decided by the general grammar.
+
+
+def with_header(line: str, start: str = "INVITE sip:bob@biloxi.example.com SIP/2.0") -> bytes:
+    return crlf(
+        f"{start}\n"
+        "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\n"
+        "From: <sip:alice@atlanta.example.com>;tag=1\n"
+        "To: <sip:bob@biloxi.example.com>\n"
+        "Call-ID: fast@path\n"
+        "CSeq: 1 INVITE\n"
+        f"{line}\n"
+        "Content-Length: 0\n\n"
+    )
+
+
+NAME_ADDRS = [
+    "Alice <sip:alice@atlanta.example.com>;tag=1928301774",
+    "Bob Smith <sip:bob@biloxi.example.com>",
+    "Bob<sip:bob@biloxi.example.com>",
+    '"Alice" <sip:a@example.com>;tag=1;foo',
+    '"A \\"B\\"" <sip:a@example.com>',
+    '"" <sip:a@example.com>',
+    "<sips:a@example.com:5061;transport=tls>;expires=60;q=0.5",
+    "<tel:+1-555-0100>",
+    "<mailto:a@example.com>",
+    "<sip:a@example.com>;tag=x; foo=bar",
+    '<sip:a@example.com>;+sip.instance="<urn:uuid:1>"',
+    "<sip:a@[2001:db8::1]:5060>;received=[2001:db8::2]",
+    "sip:a@example.com;tag=bare",
+    '"\u00c9mile" <sip:e@example.com>',
+]
+
+
+@pytest.mark.parametrize("value", NAME_ADDRS)
+def test_name_addr_fast_path_matches_general_grammar(value: str) -> None:
+    from pomelo.sip.uri import parse_name_addr, parse_name_addr_list
+
+    msg = request(with_header(f"Contact: {value}"))
+    general = parse_name_addr_list(value, "Contact")
+    assert len(msg.contacts) == len(general) == 1
+    parsed, expected = msg.contacts[0], general[0]
+    assert (parsed.display_name, parsed._uri_raw, parsed.params, str(parsed)) == (
+        expected.display_name,
+        expected._uri_raw,
+        expected.params,
+        str(expected),
+    )
+    data = with_header("X: y").replace(b"<sip:alice@atlanta.example.com>;tag=1", value.encode())
+    from_ = request(data)
+    assert str(from_.from_) == str(parse_name_addr(value, "From"))
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port", "transport"),
+    [
+        ("SIP/2.0/UDP h.example.com:5060;branch=z9hG4bKa;rport", "h.example.com", 5060, "UDP"),
+        ("SIP/2.0/udp h.example.com;branch=z9hG4bKa", "h.example.com", None, "UDP"),
+        ("SIP/2.0/TLS h:65535;branch=z9hG4bKa", "h", 65535, "TLS"),
+        ("SIP/2.0/TCP h:05060;branch=z9hG4bKa", "h", 5060, "TCP"),
+        ("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKa", "2001:db8::1", 5060, "UDP"),
+        ("SIP/2.0/UDP h ; branch = z9hG4bKa", "h", None, "UDP"),
+        ('SIP/2.0/UDP h;branch=z9hG4bKa;x="q"', "h", None, "UDP"),
+    ],
+)
+def test_via_fast_path_matches_general_grammar(
+    value: str, host: str, port: int | None, transport: str
+) -> None:
+    from pomelo.sip.message import parse_via_list
+
+    msg = request(with_header(f"Via: {value}"))
+    via, general = msg.vias[1], parse_via_list(value)[0]
+    assert (via.transport, via.host, via.port) == (transport, host, port)
+    assert (via.params, str(via)) == (general.params, str(general))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Via: SIP/2.0/UDP h:65536;branch=z9hG4bKa",
+        "Via: SIP/2.0/UDP h:123456;branch=z9hG4bKa",
+        "Contact: <sip:a@example.com>;tag=x,",
+        "Route: sip:p.example.com;lr",
+        "Max-Forwards: 0256",
+        "CSeq: 2147483648 INVITE",
+    ],
+)
+def test_fast_path_misses_are_still_rejected(line: str) -> None:
+    with pytest.raises(SipParseError):
+        parse_message(with_header(line))
+
+
+def test_leading_zeros_in_scalars_are_accepted() -> None:
+    msg = request(with_header("Max-Forwards: 0068").replace(b"CSeq: 1 ", b"CSeq: 007 "))
+    assert (msg.max_forwards, msg.cseq) == (68, 7)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ("INVITE sip:bob@biloxi.example.com SIP/2.0", "sip:bob@biloxi.example.com"),
+        ("INVITE sip:bob@192.0.2.4:5060;transport=tcp SIP/2.0", None),
+        ("INVITE sips:biloxi.example.com;lr SIP/2.0", None),
+        ("INVITE SIP:bob@biloxi.example.com SIP/2.0", "sip:bob@biloxi.example.com"),
+        ("INVITE sip:bob@192.0.2.4:05060 SIP/2.0", "sip:bob@192.0.2.4:5060"),
+        ("INVITE sip:bob:pw@[2001:db8::1]:5060 SIP/2.0", "sip:bob:pw@[2001:db8::1]:5060"),
+        ("INVITE tel:+1-555-0100 SIP/2.0", None),
+    ],
+)
+def test_request_uri_is_the_general_parse(start: str, expected: str | None) -> None:
+    from pomelo.sip.uri import parse_uri
+
+    target = start.split(" ")[1]
+    data = with_header("X: y", start)
+    untouched = request(data)
+    # Serializing before anybody looked at the URI prints what the general parser would.
+    assert untouched.start_line() == f"INVITE {expected or target} SIP/2.0"
+    assert untouched.copy().start_line() == untouched.start_line()
+    msg = request(data)
+    assert msg.uri == parse_uri(target)
+    assert str(msg.uri) == (expected or target)
+    assert msg.uri is msg.uri
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["sip:bob@h:65536", "sip:bob@h:0123456", "sip:bob@h?Subject=x", "sip:bob@[zz::1]", "sip:@h"],
+)
+def test_bad_request_uris_are_rejected_by_the_parser(target: str) -> None:
+    with pytest.raises(SipParseError):
+        parse_message(with_header("X: y", f"INVITE {target} SIP/2.0"))
+
+
+def test_request_uri_can_be_replaced_before_first_access() -> None:
+    msg = request(INVITE)
+    msg.uri = SipUri("example.org", user="carol")
+    assert msg.start_line() == "INVITE sip:carol@example.org SIP/2.0"
+    assert isinstance(msg.copy().uri, SipUri)
