@@ -102,6 +102,11 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "password_hash_memory_kib": 8,
         "event_poll_seconds": 0.2,
         "max_request_bytes": 65536,
+        "sip_port": 0,
+        "sip_qualify_seconds": 0,
+        # SIPp answers only the first challenge and knows only MD5; SHA-256 is tested with
+        # Pomelo's own client in tests/integration/pbx/test_registrar.py.
+        "sip_digest_algorithms": ("MD5", "SHA-256"),
     }
     values.update(overrides)
     return load_settings(**values)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from pomelo.api import pbx as pbx_api
 from pomelo.api import problems
 from pomelo.api import stream as stream_api
 from pomelo.api import system as system_api
-from pomelo.api.limits import BodySizeLimit
+from pomelo.api.limits import RequestGuard
 from pomelo.auth.credentials import CredentialService
 from pomelo.auth.passwords import PasswordHasher
 from pomelo.auth.service import DirectoryService
@@ -34,7 +35,11 @@ from pomelo.core.bus import EventBus, MemoryEventBus
 from pomelo.core.clock import Clock, SystemClock
 from pomelo.core.secrets import SecretBox
 from pomelo.observability import Metrics
+from pomelo.pbx.registrar import RegistrarService
+from pomelo.pbx.server import SipServer
 from pomelo.pbx.service import PbxConfigService
+from pomelo.pbx.sipcache import SipConfigCache
+from pomelo.sip.registrar import RegistrarPolicy
 from pomelo.storage.db import Database
 from pomelo.storage.uow import EventDispatcher, UnitOfWork
 from pomelo.stream.hub import StreamHub
@@ -55,6 +60,9 @@ class Platform:
     directory: DirectoryService
     credentials: CredentialService
     pbx: PbxConfigService
+    sip_cache: SipConfigCache
+    sip_server: SipServer
+    registrar: RegistrarService
     hub: StreamHub
     event_log: EventLogReader
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -69,12 +77,20 @@ class Platform:
         self.bus.subscribe(self.metrics.on_event)
         self.hub.start()
         self._tasks.append(asyncio.create_task(self._poll_foreign_events()))
+        if self.settings.sip_enabled:
+            await self.sip_cache.start()
+            await self.sip_server.start()
+            await self.registrar.start(self.sip_server.endpoint)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.settings.sip_enabled:
+            await self.registrar.stop()
+            await self.sip_server.stop()
+            self.sip_cache.stop()
         self.hub.stop()
         await self.bus.close()
         await self.db.dispose()
@@ -102,6 +118,24 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
     def uow() -> UnitOfWork:
         return UnitOfWork(db, dispatcher, clock)
 
+    sip_cache = SipConfigCache(db, bus)
+    sip_server = SipServer(
+        settings.sip_host, settings.sip_port, transports=tuple(settings.sip_transports)
+    )
+    registrar = RegistrarService(
+        sip_cache,
+        db,
+        derive_key(settings, "sip-nonce"),
+        policy=RegistrarPolicy(
+            min_expires=settings.sip_min_expires,
+            max_expires=settings.sip_max_expires,
+            default_expires=settings.sip_max_expires,
+        ),
+        qualify_seconds=settings.sip_qualify_seconds,
+        algorithms=settings.sip_digest_algorithms,
+    )
+    sip_server.route("REGISTER", registrar.handle_register)
+
     return Platform(
         settings=settings,
         clock=clock,
@@ -114,9 +148,18 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         pbx=PbxConfigService(
             uow, SecretBox(settings.secret_key.get_secret_value()), demo_mode=settings.is_demo
         ),
+        sip_cache=sip_cache,
+        sip_server=sip_server,
+        registrar=registrar,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
     )
+
+
+def derive_key(settings: Settings, purpose: str) -> bytes:
+    """A per-purpose key from secret_key, so no two subsystems share key material."""
+    secret = settings.secret_key.get_secret_value().encode()
+    return hashlib.sha256(b"pomelo:" + purpose.encode() + b":" + secret).digest()
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -150,7 +193,7 @@ def create_app(platform: Platform) -> FastAPI:
     ):
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=platform.metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=platform.settings.max_request_bytes)
+    app.add_middleware(RequestGuard, max_bytes=platform.settings.max_request_bytes)
     return app
 
 

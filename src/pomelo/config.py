@@ -34,8 +34,16 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    sip_enabled: bool = True
     sip_host: str = "127.0.0.1"
     sip_port: int = Field(5060, ge=0, le=65535)
+    sip_transports: tuple[Literal["UDP", "TCP"], ...] = ("UDP", "TCP")
+    sip_qualify_seconds: float = Field(30.0, ge=0)
+    sip_digest_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
+        ("SHA-256", "MD5"), min_length=1
+    )
+    sip_min_expires: int = Field(60, ge=1)
+    sip_max_expires: int = Field(3600, ge=60)
     rtp_port_min: int = Field(20000, ge=1024, le=65535)
     rtp_port_max: int = Field(29999, ge=1024, le=65535)
 

@@ -1,11 +1,18 @@
-"""Request body size limit, enforced while reading so a lying Content-Length cannot bypass it."""
+"""Request guards applied while reading: the body size limit (a lying Content-Length cannot
+bypass it) and the refusal of NUL characters, which PostgreSQL cannot store in text and which no
+legitimate client sends."""
 
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: A JSON `\u0000` escape: an odd run of backslashes means the last one really escapes the `u`.
+_JSON_NUL = re.compile(rb"(\\+)u0000")
+NUL_DETAIL = "text must not contain NUL characters"
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -15,7 +22,18 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request bodies are limited to {max_bytes} bytes")
 
 
-class BodySizeLimit:
+class NulCharacter(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(422, NUL_DETAIL)
+
+
+def has_nul(data: bytes) -> bool:
+    if b"\x00" in data:
+        return True
+    return any(len(m.group(1)) % 2 == 1 for m in _JSON_NUL.finditer(data))
+
+
+class RequestGuard:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -26,18 +44,26 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+            await self._too_large(send)
+            return
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+            await _problem(send, 422, "invalid-request", "Invalid request", NUL_DETAIL)
             return
         seen = 0
+        tail = b""
         started = False
 
-        async def limited_receive() -> Message:
-            nonlocal seen
+        async def guarded_receive() -> Message:
+            nonlocal seen, tail
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                seen += len(chunk)
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                if has_nul(tail + chunk):
+                    raise NulCharacter
+                tail = chunk[-16:]  # an escape split across chunks is still seen
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -47,32 +73,37 @@ class BodySizeLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, guarded_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._too_large(send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": "/problems/request-too-large",
-                "title": "Request too large",
-                "status": 413,
-                "detail": f"request bodies are limited to {self.max_bytes} bytes",
-                "error_id": "request-too-large",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+    async def _too_large(self, send: Send) -> None:
+        await _problem(
+            send,
+            413,
+            "request-too-large",
+            "Request too large",
+            f"request bodies are limited to {self.max_bytes} bytes",
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _problem(send: Send, status: int, error_id: str, title: str, detail: str) -> None:
+    body = json.dumps(
+        {
+            "type": f"/problems/{error_id}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "error_id": error_id,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -25,6 +25,7 @@ _HTTP_IDS = {
     406: "not-acceptable",
     413: "request-too-large",
     415: "unsupported-media-type",
+    422: "invalid-request",
     429: "too-many-requests",
 }
 

@@ -193,4 +193,3 @@ def _contact_headers(bindings: list[Binding], now: float) -> list[tuple[str, str
         )
         headers.append(("Contact", f"<{binding.contact}>{params};expires={binding.remaining(now)}"))
     return headers
-

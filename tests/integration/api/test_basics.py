@@ -102,3 +102,23 @@ async def test_pagination(http: httpx.AsyncClient, tenant: TenantFixture) -> Non
     names = [u["username"] for u in first["items"] + second["items"]]
     assert len(set(names)) == 6
     assert names == sorted(names)
+
+
+async def test_nul_characters_are_refused_everywhere(
+    http: httpx.AsyncClient, tenant: TenantFixture
+) -> None:
+    h = tenant["administrator"].headers
+    body = assert_problem(
+        await http.post("/api/v1/groups", headers=h, json={"name": "a\u0000b"}),
+        422,
+        "invalid-request",
+    )
+    assert "NUL" in body["detail"]
+    assert_problem(await http.get("/api/v1/users?q=a%00b", headers=h), 422, "invalid-request")
+    legit = await http.post(  # an escaped backslash followed by "u0000" is legitimate text
+        "/api/v1/groups",
+        headers={**h, "content-type": "application/json"},
+        content=b'{"name": "back\\\\u0000slash"}',
+    )
+    assert legit.status_code == 201, legit.text
+    assert legit.json()["name"] == "back\\u0000slash"
