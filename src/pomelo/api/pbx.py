@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 
 from pomelo.api.deps import ActorDep, PagingDep, PlatformDep, guarded
@@ -12,6 +14,7 @@ from pomelo.pbx.schemas import (
     NumberCreate,
     NumberPublic,
     NumberUpdate,
+    RegistrationPublic,
     SipAccountBulkCreate,
     SipAccountCreate,
     SipAccountPublic,
@@ -147,3 +150,27 @@ async def update_number(
 @router.delete("/numbers/{number_id}", status_code=204, **guarded(P))
 async def delete_number(number_id: str, actor: ActorDep, platform: PlatformDep) -> None:
     await platform.pbx.delete_number(actor, number_id)
+
+
+@router.get("/registrations", **guarded(P))
+async def list_registrations(actor: ActorDep, platform: PlatformDep) -> list[RegistrationPublic]:
+    """Phones registered right now (from the registrar's memory, not the database)."""
+    now = time.time()
+    found = []
+    for account_id, binding, reachable in platform.registrar.bindings():
+        account = platform.sip_cache.account_by_id(account_id)
+        if account is None or account.tenant_id != actor.tenant_id:
+            continue
+        found.append(
+            RegistrationPublic(
+                account_id=account_id,
+                extension=account.extension,
+                contact=binding.contact,
+                transport=binding.transport,
+                source=f"{binding.source_host}:{binding.source_port}",
+                user_agent=binding.user_agent,
+                expires_in=binding.remaining(now),
+                reachable=reachable,
+            )
+        )
+    return sorted(found, key=lambda r: (r.extension, r.contact))

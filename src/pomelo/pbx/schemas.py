@@ -158,3 +158,14 @@ class NumberPublic(BaseModel):
     route_target: str | None
     description: str
     created_at: datetime
+
+
+class RegistrationPublic(BaseModel):
+    account_id: str
+    extension: str
+    contact: str
+    transport: str
+    source: str
+    user_agent: str
+    expires_in: int
+    reachable: bool

@@ -245,3 +245,25 @@ async def test_sha256_digest_and_restart_keeps_bindings(
         assert [c.uri for c in restarted.contacts(info.id)] == [f"sip:304@127.0.0.1:{port}"]
     finally:
         await restarted.stop()
+
+
+async def test_registrations_api_is_tenant_scoped(
+    server: Server, tenant: TenantFixture, other_tenant: TenantFixture, tmp_path: Path
+) -> None:
+    import httpx
+
+    await account(server, tenant, "305", "long-sip-password-305")
+    code, out = await sipp_register(tmp_path, server, f"{tenant.slug}.sip", "305",
+                                    "long-sip-password-305")
+    assert code == 0, out
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        mine = (await http.get("/api/v1/registrations",
+                               headers=tenant["administrator"].headers)).json()
+        theirs = (await http.get("/api/v1/registrations",
+                                 headers=other_tenant["administrator"].headers)).json()
+        denied = await http.get("/api/v1/registrations", headers=tenant["operator"].headers)
+    assert [r["extension"] for r in mine] == ["305"]
+    assert mine[0]["user_agent"] == "SIPp-test"
+    assert 0 < mine[0]["expires_in"] <= 300
+    assert theirs == []
+    assert denied.status_code == 403
