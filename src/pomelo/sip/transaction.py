@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeAlias
 
-from pomelo.sip.message import MAGIC_COOKIE, SipRequest, SipResponse, make_response
+from pomelo.sip.message import MAGIC_COOKIE, SipRequest, SipResponse, Via, make_response
 from pomelo.sip.transport import Connection, Source, Target, TransportError, send_response
 from pomelo.sip.uri import NameAddr
 
@@ -737,10 +737,12 @@ class ServerNonInviteTransaction(ServerTransaction):
         self._cancel_timers()
         if not self._send(data):
             return False
-        if self.reliable:
-            self._terminate()
-        else:
-            self._timeout = self._layer._call_later(self._layer.timers.timeout, self._terminate)
+        if not self.reliable:
+            # Timer J: absorb retransmissions for 64·T1, but in a slim record (the response
+            # bytes and where to send them), not this object with its parsed request: at
+            # thousands of REGISTERs a second the full objects would pin a lot of memory.
+            self._layer._linger(self.key, data, self.request.vias[0], self.source)
+        self._terminate()
         return True
 
     def receive(self, request: SipRequest, source: Source) -> None:
@@ -769,6 +771,7 @@ class TransactionLayer:
         scheduler: Scheduler | None = None,
         max_server_transactions: int = 50_000,
         retry_after: int = 5,
+        max_lingering: int = 1_000_000,
     ) -> None:
         self.on_request = on_request
         self.on_ack = on_ack
@@ -780,6 +783,9 @@ class TransactionLayer:
         self.client_transactions: dict[ClientKey, ClientTransaction] = {}
         self.server_transactions: dict[ServerKey, ServerTransaction] = {}
         self._accepted: dict[tuple[str, int, str], ServerInviteTransaction] = {}
+        #: Completed non-INVITE server transactions (Timer J): key → (response, Via, source).
+        self._lingering: dict[ServerKey, tuple[bytes, Via, Source]] = {}
+        self.max_lingering = max_lingering
 
     def _call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         scheduler = self._scheduler
@@ -838,6 +844,12 @@ class TransactionLayer:
         tx = self.server_transactions.get(key)
         if tx is not None:
             tx.receive(request, source)
+            return
+        lingering = self._lingering.get(key)
+        if lingering is not None:
+            data, via, first_source = lingering
+            with contextlib.suppress(TransportError, OSError):
+                send_response(data, via, first_source)
             return
         method = request.method
         if method == "ACK":
@@ -906,6 +918,12 @@ class TransactionLayer:
     def _forget_client(self, tx: ClientTransaction) -> None:
         if self.client_transactions.get(tx.key) is tx:
             del self.client_transactions[tx.key]
+
+    def _linger(self, key: ServerKey, data: bytes, via: Via, source: Source) -> None:
+        if len(self._lingering) >= self.max_lingering:
+            return  # bounded: a retransmission would then be handled as a new request
+        self._lingering[key] = (data, via, source)
+        self._call_later(self.timers.timeout, lambda: self._lingering.pop(key, None))
 
     def _forget_server(self, tx: ServerTransaction) -> None:
         if self.server_transactions.get(tx.key) is tx:

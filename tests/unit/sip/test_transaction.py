@@ -438,10 +438,14 @@ def test_server_non_invite_absorbs_and_lingers_timer_j() -> None:
     tx.reply(200)
     h.deliver(request)
     assert len(h.transport.sent) == 2 and len(h.requests) == 1
-    h.clock.advance(31.9)
-    assert tx.state is State.COMPLETED
-    h.clock.advance(0.2)
+    # Completed: only a slim record is kept (response bytes), the transaction object is gone.
     assert tx.state is State.TERMINATED and h.layer.server_transactions == {}
+    h.clock.advance(31.9)
+    h.deliver(request)  # still absorbed: the stored response is sent again
+    assert len(h.transport.sent) == 3 and len(h.requests) == 1
+    h.clock.advance(0.2)  # Timer J fired: a late copy is now a new request
+    h.deliver(request)
+    assert len(h.requests) == 2
 
 
 def test_server_non_invite_reliable_terminates_at_once() -> None:
