@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +24,7 @@ from pomelo.api import directory as directory_api
 from pomelo.api import keys as keys_api
 from pomelo.api import pbx as pbx_api
 from pomelo.api import problems
+from pomelo.api import sip_security as sip_security_api
 from pomelo.api import stream as stream_api
 from pomelo.api import system as system_api
 from pomelo.api.limits import RequestGuard
@@ -36,6 +37,7 @@ from pomelo.core.clock import Clock, SystemClock
 from pomelo.core.secrets import SecretBox
 from pomelo.observability import Metrics
 from pomelo.pbx.registrar import RegistrarService
+from pomelo.pbx.security import SipSecurity, SipSecurityConfig
 from pomelo.pbx.server import SipServer
 from pomelo.pbx.service import PbxConfigService
 from pomelo.pbx.sipcache import SipConfigCache
@@ -63,6 +65,7 @@ class Platform:
     sip_cache: SipConfigCache
     sip_server: SipServer
     registrar: RegistrarService
+    sip_security: SipSecurity
     hub: StreamHub
     event_log: EventLogReader
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -91,6 +94,7 @@ class Platform:
             await self.registrar.stop()
             await self.sip_server.stop()
             self.sip_cache.stop()
+        await self.sip_security.close()
         self.hub.stop()
         await self.bus.close()
         await self.db.dispose()
@@ -118,9 +122,14 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
     def uow() -> UnitOfWork:
         return UnitOfWork(db, dispatcher, clock)
 
+    metrics = Metrics()
     sip_cache = SipConfigCache(db, bus)
+    sip_security = build_sip_security(settings, metrics, sip_cache, uow)
     sip_server = SipServer(
-        settings.sip_host, settings.sip_port, transports=tuple(settings.sip_transports)
+        settings.sip_host,
+        settings.sip_port,
+        gate=sip_security,
+        transports=tuple(settings.sip_transports),
     )
     registrar = RegistrarService(
         sip_cache,
@@ -133,6 +142,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         ),
         qualify_seconds=settings.sip_qualify_seconds,
         algorithms=settings.sip_digest_algorithms,
+        hooks=sip_security,
     )
     sip_server.route("REGISTER", registrar.handle_register)
 
@@ -142,7 +152,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         db=db,
         bus=bus,
         dispatcher=dispatcher,
-        metrics=Metrics(),
+        metrics=metrics,
         directory=DirectoryService(uow, hasher, demo_mode=settings.is_demo),
         credentials=CredentialService(uow, hasher, timedelta(hours=settings.session_ttl_hours)),
         pbx=PbxConfigService(
@@ -151,9 +161,35 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         sip_cache=sip_cache,
         sip_server=sip_server,
         registrar=registrar,
+        sip_security=sip_security,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
     )
+
+
+def build_sip_security(
+    settings: Settings, metrics: Metrics, cache: SipConfigCache, uow: Callable[[], UnitOfWork]
+) -> SipSecurity:
+    config = SipSecurityConfig(
+        rate=settings.sip_rate_per_second,
+        burst=settings.sip_rate_burst,
+        max_failures=settings.sip_ban_failures,
+        window=settings.sip_ban_window_seconds,
+        ban_time=settings.sip_ban_seconds,
+        escalation=settings.sip_ban_escalation,
+        max_ban_time=settings.sip_ban_max_seconds,
+    )
+
+    def tenant_of_domain(domain: str) -> str | None:
+        tenant = cache.tenant_for_domain(domain)
+        return None if tenant is None else tenant.id
+
+    security = SipSecurity(metrics.registry, uow, config=config, tenant_of_domain=tenant_of_domain)
+    configured = list(settings.sip_exempt_networks)
+    # Carriers' trunks and the configured networks are never rate-limited or banned.
+    cache.on_reload(lambda: security.set_exempt([*configured, *cache.peer_networks()]))
+    security.set_exempt(configured)
+    return security
 
 
 def derive_key(settings: Settings, purpose: str) -> bytes:
@@ -187,6 +223,7 @@ def create_app(platform: Platform) -> FastAPI:
         directory_api.router,
         keys_api.router,
         pbx_api.router,
+        sip_security_api.router,
         audit_api.router,
         stream_api.router,
         system_api.router,

@@ -39,9 +39,17 @@ class Settings(BaseSettings):
     sip_port: int = Field(5060, ge=0, le=65535)
     sip_transports: tuple[Literal["UDP", "TCP"], ...] = ("UDP", "TCP")
     sip_qualify_seconds: float = Field(30.0, ge=0)
-    sip_digest_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
-        ("SHA-256", "MD5"), min_length=1
-    )
+    #: Compatibility first: SIPp and baresip 1.0 (and many desk phones) fail outright when any
+    #: challenge names SHA-256; see configuration.md.
+    sip_digest_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(("MD5",), min_length=1)
+    sip_rate_per_second: float = Field(50.0, gt=0)
+    sip_rate_burst: float = Field(200.0, ge=1)
+    sip_ban_failures: int = Field(5, ge=1)
+    sip_ban_window_seconds: float = Field(300.0, gt=0)
+    sip_ban_seconds: float = Field(3600.0, gt=0)
+    sip_ban_escalation: float = Field(2.0, ge=1)
+    sip_ban_max_seconds: float = Field(7 * 86400.0, gt=0)
+    sip_exempt_networks: tuple[str, ...] = ()
     sip_min_expires: int = Field(60, ge=1)
     sip_max_expires: int = Field(3600, ge=60)
     rtp_port_min: int = Field(20000, ge=1024, le=65535)

@@ -81,7 +81,7 @@ class RegistrarService:
         policy: RegistrarPolicy | None = None,
         clock: Callable[[], float] = time.time,
         qualify_seconds: float = 30.0,
-        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        algorithms: tuple[str, ...] = ("MD5",),
     ) -> None:
         self._cache = cache
         self._db = db
@@ -90,8 +90,7 @@ class RegistrarService:
         self.policy = policy or RegistrarPolicy()
         self._clock = clock
         self._qualify_seconds = qualify_seconds
-        #: Challenge order: RFC 8760 puts SHA-256 first, but some clients (SIPp, old desk
-        #: phones) only try the first challenge and know only MD5.
+        #: Challenges offered, in order (see `sip_digest_algorithms` in configuration.md).
         self._algorithms = tuple(DigestAlgorithm.from_token(a) for a in algorithms)
         self._challengers: dict[str, DigestChallenger] = {}
         self._live: dict[str, _Live] = {}
@@ -166,6 +165,10 @@ class RegistrarService:
             self._challenge(tx, challenger, stale=False)
             return
         account = self._cache.account(tenant.id, to_uri.user)
+        if account is not None and not self.hooks.account_allows(account, ip):
+            # Checked before the password, so a refused network cannot even guess it.
+            tx.reply(403, "Forbidden")
+            return
         outcome = challenger.verify_header("REGISTER", header, _ha1_lookup(account))
         if outcome is DigestOutcome.STALE:
             self._challenge(tx, challenger, stale=True)
@@ -174,7 +177,7 @@ class RegistrarService:
             self.hooks.auth_failed(ip, tenant.id, to_uri.user)
             self._challenge(tx, challenger, stale=False)
             return
-        if not account.enabled or not self.hooks.account_allows(account, ip):
+        if not account.enabled:
             tx.reply(403, "Forbidden")
             return
         self.hooks.auth_succeeded(ip)

@@ -30,11 +30,17 @@ class SipGate(Protocol):
     def admit(self, ip: str, method: str) -> bool:
         """False: drop silently (banned source, or over its rate)."""
 
+    def inspect(self, request: SipRequest, ip: str) -> bool:
+        """After parsing: False drops silently (a scanner's signature bans its source)."""
+
 
 class OpenGate:
     """Admits everything (tests of other parts, and before security is configured)."""
 
     def admit(self, ip: str, method: str) -> bool:
+        return True
+
+    def inspect(self, request: SipRequest, ip: str) -> bool:
         return True
 
 
@@ -49,7 +55,7 @@ class SipServer:
     ) -> None:
         self.host = host
         self.port = port
-        self.gate: SipGate = gate or OpenGate()
+        self.gate: SipGate = gate if gate is not None else OpenGate()
         self._transports = transports
         self._handlers: dict[str, Handler] = {}
         self._ack_handler: AckHandler | None = None
@@ -75,10 +81,10 @@ class SipServer:
         await self.endpoint.close()
 
     def _gated_receive(self, message: SipRequest | SipResponse, source: Source) -> None:
-        if isinstance(message, SipRequest) and not self.gate.admit(
-            source.remote[0], message.method
-        ):
-            return
+        if isinstance(message, SipRequest):
+            ip = source.remote[0]
+            if not (self.gate.admit(ip, message.method) and self.gate.inspect(message, ip)):
+                return
         self.endpoint.transactions.receive(message, source)
 
     def _on_request(self, tx: ServerTransaction) -> Awaitable[None] | None:

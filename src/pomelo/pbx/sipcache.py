@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -96,10 +97,15 @@ class SipConfigCache:
         self._unsubscribe: Unsubscribe | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._dirty = False
+        self._listeners: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         await self.reload()
         self._unsubscribe = self._bus.subscribe(self._on_event)
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """Called after every (re)load, e.g. to refresh the trunks' exemption from bans."""
+        self._listeners.append(listener)
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -129,6 +135,15 @@ class SipConfigCache:
 
     def trunk(self, trunk_id: str) -> TrunkInfo | None:
         return self._data.trunks.get(trunk_id)
+
+    def peer_networks(self) -> list[IpNetwork]:
+        """Source networks of every enabled peer trunk (carriers: never rate-limited)."""
+        return [
+            n
+            for t in self._data.trunks.values()
+            if t.enabled and t.kind == "peer"
+            for n in t.inbound_networks
+        ]
 
     def trunks_for_source(self, ip: str) -> list[TrunkInfo]:
         """Enabled peer trunks whose inbound networks contain `ip` (trusted without auth)."""
@@ -178,6 +193,8 @@ class SipConfigCache:
             trunks={t.id: _trunk(t) for t in trunks if t.tenant_id in infos},
             numbers={n.number: _number(n) for n in numbers if n.tenant_id in infos},
         )
+        for listener in self._listeners:
+            listener()
 
 
 def _networks(values: list[str]) -> tuple[IpNetwork, ...]:

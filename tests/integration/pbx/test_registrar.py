@@ -216,9 +216,22 @@ async def test_sha256_digest_and_restart_keeps_bindings(
             headers=headers,
         )
 
+    # A registrar configured the RFC 8760 way (SHA-256 first), on its own SIP port.
+    from pomelo.pbx.server import SipServer
     from pomelo.sip.transport import Target
 
-    target = Target(transport, ("127.0.0.1", server.platform.sip_server.port))
+    modern = SipServer("127.0.0.1", 0, transports=("UDP",))
+    sha_first = RegistrarService(
+        server.platform.sip_cache,
+        server.platform.db,
+        b"s" * 32,
+        qualify_seconds=0,
+        algorithms=("SHA-256", "MD5"),
+    )
+    modern.route("REGISTER", sha_first.handle_register)
+    await modern.start()
+    await sha_first.start(modern.endpoint)
+    target = Target(transport, ("127.0.0.1", modern.port))
     try:
         challenge = await phone.request(register(1), target=target)
         assert challenge.status == 401
@@ -234,9 +247,10 @@ async def test_sha256_digest_and_restart_keeps_bindings(
         assert replay.status == 401
     finally:
         await phone.close()
+        await sha_first.stop()
+        await modern.stop()
     info = server.platform.sip_cache.account(tenant.id, "304")
     assert info is not None
-    await server.platform.registrar.flush()
     restarted = RegistrarService(
         server.platform.sip_cache, server.platform.db, b"k" * 32, qualify_seconds=0
     )
@@ -253,14 +267,17 @@ async def test_registrations_api_is_tenant_scoped(
     import httpx
 
     await account(server, tenant, "305", "long-sip-password-305")
-    code, out = await sipp_register(tmp_path, server, f"{tenant.slug}.sip", "305",
-                                    "long-sip-password-305")
+    code, out = await sipp_register(
+        tmp_path, server, f"{tenant.slug}.sip", "305", "long-sip-password-305"
+    )
     assert code == 0, out
     async with httpx.AsyncClient(base_url=server.base_url) as http:
-        mine = (await http.get("/api/v1/registrations",
-                               headers=tenant["administrator"].headers)).json()
-        theirs = (await http.get("/api/v1/registrations",
-                                 headers=other_tenant["administrator"].headers)).json()
+        mine = (
+            await http.get("/api/v1/registrations", headers=tenant["administrator"].headers)
+        ).json()
+        theirs = (
+            await http.get("/api/v1/registrations", headers=other_tenant["administrator"].headers)
+        ).json()
         denied = await http.get("/api/v1/registrations", headers=tenant["operator"].headers)
     assert [r["extension"] for r in mine] == ["305"]
     assert mine[0]["user_agent"] == "SIPp-test"
