@@ -41,6 +41,7 @@ from pomelo.pbx.security import SipSecurity, SipSecurityConfig
 from pomelo.pbx.server import SipServer
 from pomelo.pbx.service import PbxConfigService
 from pomelo.pbx.sipcache import SipConfigCache
+from pomelo.pbx.trunks import TrunkRegistrations
 from pomelo.sip.registrar import RegistrarPolicy
 from pomelo.storage.db import Database
 from pomelo.storage.uow import EventDispatcher, UnitOfWork
@@ -66,6 +67,7 @@ class Platform:
     sip_server: SipServer
     registrar: RegistrarService
     sip_security: SipSecurity
+    trunk_registrations: TrunkRegistrations
     hub: StreamHub
     event_log: EventLogReader
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -84,6 +86,7 @@ class Platform:
             await self.sip_cache.start()
             await self.sip_server.start()
             await self.registrar.start(self.sip_server.endpoint)
+            self.trunk_registrations.start(self.sip_server.endpoint, self.sip_server.port)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -91,6 +94,7 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.settings.sip_enabled:
+            await self.trunk_registrations.stop()
             await self.registrar.stop()
             await self.sip_server.stop()
             self.sip_cache.stop()
@@ -145,6 +149,13 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         hooks=sip_security,
     )
     sip_server.route("REGISTER", registrar.handle_register)
+    box = SecretBox(settings.secret_key.get_secret_value())
+    trunk_registrations = TrunkRegistrations(
+        sip_cache,
+        lambda trunk: box.open(trunk.password_sealed) if trunk.password_sealed else None,
+        contact_host=settings.sip_host,
+    )
+    sip_cache.on_reload(trunk_registrations.reconcile)
 
     return Platform(
         settings=settings,
@@ -155,13 +166,12 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         metrics=metrics,
         directory=DirectoryService(uow, hasher, demo_mode=settings.is_demo),
         credentials=CredentialService(uow, hasher, timedelta(hours=settings.session_ttl_hours)),
-        pbx=PbxConfigService(
-            uow, SecretBox(settings.secret_key.get_secret_value()), demo_mode=settings.is_demo
-        ),
+        pbx=PbxConfigService(uow, box, demo_mode=settings.is_demo),
         sip_cache=sip_cache,
         sip_server=sip_server,
         registrar=registrar,
         sip_security=sip_security,
+        trunk_registrations=trunk_registrations,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
     )

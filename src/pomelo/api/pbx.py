@@ -22,6 +22,7 @@ from pomelo.pbx.schemas import (
     SipAccountWithPassword,
     TrunkCreate,
     TrunkPublic,
+    TrunkRegistrationPublic,
     TrunkUpdate,
 )
 
@@ -110,6 +111,25 @@ async def update_trunk(
     trunk_id: str, body: TrunkUpdate, actor: ActorDep, platform: PlatformDep
 ) -> TrunkPublic:
     return TrunkPublic(**await platform.pbx.update_trunk(actor, trunk_id, body))
+
+
+@router.get("/trunks/{trunk_id}/registration", **guarded(P))
+async def trunk_registration(
+    trunk_id: str, actor: ActorDep, platform: PlatformDep
+) -> TrunkRegistrationPublic:
+    """Whether Pomelo is registered to the provider of a `register` trunk."""
+    trunk = await platform.pbx.get_trunk(actor, trunk_id)
+    state = platform.trunk_registrations.states.get(trunk["id"])
+    if state is None:
+        return TrunkRegistrationPublic(
+            status="not-registering", detail="", expires_in=0, attempts=0
+        )
+    return TrunkRegistrationPublic(
+        status=state.status,
+        detail=state.detail,
+        expires_in=state.expires_in,
+        attempts=state.attempts,
+    )
 
 
 @router.delete("/trunks/{trunk_id}", status_code=204, **guarded(P))

@@ -169,3 +169,10 @@ class RegistrationPublic(BaseModel):
     user_agent: str
     expires_in: int
     reachable: bool
+
+
+class TrunkRegistrationPublic(BaseModel):
+    status: str
+    detail: str
+    expires_in: int
+    attempts: int

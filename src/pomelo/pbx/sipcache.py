@@ -121,6 +121,9 @@ class SipConfigCache:
     def tenant(self, tenant_id: str) -> TenantInfo | None:
         return self._data.tenants.get(tenant_id)
 
+    def tenant_ids(self) -> list[str]:
+        return list(self._data.tenants)
+
     def account(self, tenant_id: str, extension: str) -> AccountInfo | None:
         return self._data.accounts.get((tenant_id, extension))
 
