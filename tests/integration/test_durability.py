@@ -43,6 +43,7 @@ def pomelo_env(database_url: str, tmp: Path) -> dict[str, str]:
             "POMELO_SECRET_KEY": SECRET,
             "POMELO_DATA_DIR": str(tmp / "var"),
             "POMELO_LOG_LEVEL": "warning",
+            "POMELO_SIP_PORT": "0",  # never the shared default 5060
             "POMELO_PASSWORD_HASH_TIME_COST": "1",
             "POMELO_PASSWORD_HASH_MEMORY_KIB": "8",
         }

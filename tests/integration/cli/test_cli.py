@@ -48,6 +48,7 @@ class Cli:
                 "POMELO_DATABASE_URL": database_url,
                 "POMELO_SECRET_KEY": CLI_SECRET,
                 "POMELO_DATA_DIR": str(tmp / "var"),
+                "POMELO_SIP_PORT": "0",
                 # Cheap hashing keeps each `user create` well under a second.
                 "POMELO_PASSWORD_HASH_TIME_COST": "1",
                 "POMELO_PASSWORD_HASH_MEMORY_KIB": "8",
