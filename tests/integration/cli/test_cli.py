@@ -181,7 +181,7 @@ async def test_configuration_layers_file_then_environment_then_flags(cli: Cli) -
     (cli.cwd / "pomelo.toml").write_text("http_port = 18123\nsip_port = 15099\n")
     other = f"sqlite+aiosqlite:///{(cli.cwd / 'other.db').as_posix()}"
     from_file, from_env, from_flag = await asyncio.gather(
-        cli("check"),
+        cli("check", env={"POMELO_SIP_PORT": None}),
         cli("check", env={"POMELO_SIP_PORT": 15100}),
         cli("check", "--database-url", other, env={"POMELO_SIP_PORT": 15100}),
     )
