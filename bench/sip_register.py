@@ -11,8 +11,8 @@ SHA-256 and for MD5. Prints one JSON line. Loopback only; bounded in time; stops
 from __future__ import annotations
 
 import argparse
-import collections
 import asyncio
+import collections
 import json
 import os
 import re
