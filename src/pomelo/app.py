@@ -36,12 +36,17 @@ from pomelo.core.bus import EventBus, MemoryEventBus
 from pomelo.core.clock import Clock, SystemClock
 from pomelo.core.secrets import SecretBox
 from pomelo.observability import Metrics
+from pomelo.pbx.calls import CallService, CallSettings
+from pomelo.pbx.cdr import CallRecorder
 from pomelo.pbx.registrar import RegistrarService
+from pomelo.pbx.routing import DbCallDirectory, Router
 from pomelo.pbx.security import SipSecurity, SipSecurityConfig
 from pomelo.pbx.server import SipServer
 from pomelo.pbx.service import PbxConfigService
+from pomelo.pbx.session_timer import SessionTimerPolicy
 from pomelo.pbx.sipcache import SipConfigCache
 from pomelo.pbx.trunks import TrunkRegistrations
+from pomelo.sip.digest import DigestAlgorithm
 from pomelo.sip.registrar import RegistrarPolicy
 from pomelo.storage.db import Database
 from pomelo.storage.uow import EventDispatcher, UnitOfWork
@@ -68,6 +73,8 @@ class Platform:
     registrar: RegistrarService
     sip_security: SipSecurity
     trunk_registrations: TrunkRegistrations
+    calls: CallService
+    call_recorder: CallRecorder
     hub: StreamHub
     event_log: EventLogReader
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -94,6 +101,8 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.settings.sip_enabled:
+            await self.calls.stop()
+            await self.call_recorder.stop()
             await self.trunk_registrations.stop()
             await self.registrar.stop()
             await self.sip_server.stop()
@@ -156,6 +165,23 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         contact_host=settings.sip_host,
     )
     sip_cache.on_reload(trunk_registrations.reconcile)
+    call_directory = DbCallDirectory(db)
+    call_recorder = CallRecorder(uow, call_directory)
+    calls = CallService(
+        sip_server.endpoint,
+        Router(
+            sip_cache,
+            call_directory,
+            secret=derive_key(settings, "sip-invite-nonce"),
+            algorithms=tuple(DigestAlgorithm.from_token(a) for a in settings.sip_digest_algorithms),
+        ),
+        registrar,
+        call_recorder,
+        clock=clock,
+        settings=call_settings(settings),
+        trunk_password=lambda t: box.open(t.password_sealed) if t.password_sealed else None,
+    )
+    calls.install(sip_server)
 
     return Platform(
         settings=settings,
@@ -172,8 +198,24 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         registrar=registrar,
         sip_security=sip_security,
         trunk_registrations=trunk_registrations,
+        calls=calls,
+        call_recorder=call_recorder,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
+    )
+
+
+def call_settings(settings: Settings) -> CallSettings:
+    return CallSettings(
+        ring_timeout=settings.call_ring_timeout_seconds,
+        outbound_ring_timeout=settings.call_outbound_ring_timeout_seconds,
+        max_duration=settings.call_max_duration_seconds,
+        session_timers=SessionTimerPolicy(
+            enabled=settings.call_session_timers,
+            interval=settings.call_session_interval_seconds,
+            min_se=settings.call_session_min_se_seconds,
+        ),
+        max_calls=settings.call_max_concurrent,
     )
 
 

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     sip_ban_escalation: float = Field(2.0, ge=1)
     sip_ban_max_seconds: float = Field(7 * 86400.0, gt=0)
     sip_exempt_networks: tuple[str, ...] = ()
+    call_ring_timeout_seconds: float = Field(30.0, gt=0)
+    call_outbound_ring_timeout_seconds: float = Field(120.0, gt=0)
+    call_max_duration_seconds: float = Field(4 * 3600.0, gt=0)
+    call_session_timers: bool = True
+    call_session_interval_seconds: int = Field(1800, ge=90)
+    call_session_min_se_seconds: int = Field(90, ge=90)
+    call_max_concurrent: int = Field(20_000, ge=1)
     sip_min_expires: int = Field(60, ge=1)
     sip_max_expires: int = Field(3600, ge=60)
     rtp_port_min: int = Field(20000, ge=1024, le=65535)

@@ -2,6 +2,7 @@
 
 from pomelo.audit.models import AuditEntry
 from pomelo.auth.models import ApiKey, AuthSession, Group, GroupMember, Role, Tenant, User
+from pomelo.pbx.cdr_models import CallRecord
 from pomelo.pbx.models import PhoneNumber, Registration, SipAccount, Trunk
 from pomelo.storage.base import Base
 from pomelo.storage.eventlog import EventLogEntry
@@ -12,6 +13,7 @@ __all__ = [
     "ApiKey",
     "AuditEntry",
     "AuthSession",
+    "CallRecord",
     "EventLogEntry",
     "Group",
     "GroupMember",
