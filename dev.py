@@ -65,8 +65,12 @@ def ensure_system_tools() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, env=env)
     still = sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if shutil.which(cmd) is None})
     if still:
-        print(f"WARNING: missing {', '.join(still)} (install with apt); the tests needing them "
-              "will be skipped", file=sys.stderr, flush=True)
+        print(
+            f"WARNING: missing {', '.join(still)} (install with apt); the tests needing them "
+            "will be skipped",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def demo(args: list[str]) -> int:
