@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import re
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,20 @@ from tests.conftest import require_tool
 
 CONFIG = """poll_method\t\tepoll
 sip_listen\t\t127.0.0.1:{sip_port}
-audio_player\t\taufile,{record}
+audio_player\t\taubridge,{device}
 audio_source\t\tausine,{tone}
 audio_alert\t\taufile,/dev/null
+ausrc_srate\t\t48000
+auplay_srate\t\t48000
+ausrc_channels\t\t2
+auplay_channels\t\t2
 module_path\t\t/usr/lib/baresip/modules
 module\t\t\tg711.so
 module\t\t\tausine.so
 module\t\t\taufile.so
+module\t\t\taubridge.so
+module\t\t\tsndfile.so
+snd_path\t\t{record_dir}
 module\t\t\taccount.so
 module\t\t\tctrl_tcp.so
 module_app\t\tmenu.so
@@ -64,7 +72,6 @@ class Baresip:
         self.proxy = proxy
         self.auto_answer = auto_answer
         self.tone = tone
-        self.record = workdir / "heard.wav"
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._responses: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tokens = itertools.count(1)
@@ -80,7 +87,8 @@ class Baresip:
             CONFIG.format(
                 sip_port=_free_port(socket.SOCK_DGRAM),
                 ctrl_port=ctrl_port,
-                record=self.record,
+                device=f"null{ctrl_port}",  # a private bridge: what the phone hears goes nowhere
+                record_dir=self.dir,  # sndfile writes both directions of each call here
                 tone=self.tone,
             )
         )
@@ -90,14 +98,18 @@ class Baresip:
             f"<sip:{self.user}@{self.domain};transport=udp>;auth_pass={self.password};"
             f'regint=300;outbound="sip:{host}:{port};transport=udp"{answer}\n'
         )
+        # Line-buffered, with a SIP trace, so baresip.log explains a failing test.
+        prefix = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
         self._log = (self.dir / "baresip.log").open("wb")
         self._process = await asyncio.create_subprocess_exec(
+            *prefix,
             binary,
+            "-s",
             "-f",
             str(self.dir),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
         )
         for _ in range(100):
             try:

@@ -51,3 +51,54 @@ async def test_baresip_with_a_wrong_password_is_refused(
         assert await phone.registration() == "ERR"
     finally:
         await phone.stop()
+
+
+async def test_two_baresip_phones_call_each_other(
+    server: Server, tenant: TenantFixture, tmp_path: Path
+) -> None:
+    from sqlalchemy import select
+
+    from pomelo.pbx.cdr_models import CallRecord
+
+    domain = f"{tenant.slug}.sip"
+    proxy = ("127.0.0.1", server.platform.sip_server.port)
+    await account(server, tenant, "411", "long-sip-password-411")
+    await account(server, tenant, "412", "long-sip-password-412")
+    caller = Baresip(
+        tmp_path / "a", user="411", domain=domain, password="long-sip-password-411", proxy=proxy
+    )
+    callee = Baresip(
+        tmp_path / "b",
+        user="412",
+        domain=domain,
+        password="long-sip-password-412",
+        proxy=proxy,
+        auto_answer=True,
+    )
+    await caller.start()
+    await callee.start()
+    try:
+        assert await caller.registration() == "OK"
+        assert await callee.registration() == "OK"
+        await caller.command("dial", f"sip:412@{domain}")
+        incoming = await callee.wait_for("CALL_ESTABLISHED")
+        assert incoming["direction"] == "incoming"
+        assert incoming["peeruri"] == f"sip:411@{domain}"
+        await caller.wait_for("CALL_ESTABLISHED")
+        await caller.command("hangup")
+        await callee.wait_for("CALL_CLOSED")
+    finally:
+        await caller.stop()
+        await callee.stop()
+    await server.platform.call_recorder.drain()
+    async with server.platform.db.session() as s:
+        records = list(
+            await s.scalars(
+                select(CallRecord).where(
+                    CallRecord.tenant_id == tenant.id, CallRecord.to_number == "412"
+                )
+            )
+        )
+    assert [(r.disposition, r.direction, r.hangup_side) for r in records] == [
+        ("answered", "internal", "caller")
+    ]
