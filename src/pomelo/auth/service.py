@@ -11,7 +11,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 
 from pomelo.audit import service as audit
 from pomelo.auth import events as ev
@@ -73,7 +72,7 @@ class DirectoryService:
                 slug=slug, name=name, timezone=timezone, sip_domain=sip_domain or f"{slug}.sip"
             )
             uow.session.add(tenant)
-            await _flush_unique(uow, f"tenant {slug!r} already exists", "tenant-exists")
+            await uow.flush_unique(f"tenant {slug!r} already exists", "tenant-exists")
             for role in BuiltinRole:
                 label, scope, _perms = BUILTIN_ROLES[role]
                 uow.session.add(
@@ -111,9 +110,7 @@ class DirectoryService:
             before = {f: getattr(tenant, f) for f in fields}
             for key, value in data.model_dump(exclude_none=True).items():
                 setattr(tenant, key, value)
-            await _flush_unique(
-                uow, "that SIP domain belongs to another tenant", "sip-domain-taken"
-            )
+            await uow.flush_unique("that SIP domain belongs to another tenant", "sip-domain-taken")
             after = {f: getattr(tenant, f) for f in fields}
             audit.record(
                 uow.session,
@@ -157,7 +154,7 @@ class DirectoryService:
                 role_id=role.id,
             )
             uow.session.add(user)
-            await _flush_unique(uow, f"username {data.username!r} is taken", "username-taken")
+            await uow.flush_unique(f"username {data.username!r} is taken", "username-taken")
             for group in groups:
                 uow.session.add(
                     GroupMember(tenant_id=actor.tenant_id, group_id=group.id, user_id=user.id)
@@ -341,7 +338,7 @@ class DirectoryService:
         async with self._uow() as uow:
             group = Group(tenant_id=actor.tenant_id, name=data.name, description=data.description)
             uow.session.add(group)
-            await _flush_unique(uow, f"group {data.name!r} exists", "group-name-taken")
+            await uow.flush_unique(f"group {data.name!r} exists", "group-name-taken")
             audit.record(
                 uow.session,
                 actor,
@@ -392,7 +389,7 @@ class DirectoryService:
             before = _group_fields(group)
             for key, value in data.model_dump(exclude_none=True).items():
                 setattr(group, key, value)
-            await _flush_unique(uow, f"group {group.name!r} exists", "group-name-taken")
+            await uow.flush_unique(f"group {group.name!r} exists", "group-name-taken")
             audit.record(
                 uow.session,
                 actor,
@@ -533,7 +530,7 @@ class DirectoryService:
                 permissions=sorted(perms),
             )
             uow.session.add(role)
-            await _flush_unique(uow, f"role {data.key!r} exists", "role-key-taken")
+            await uow.flush_unique(f"role {data.key!r} exists", "role-key-taken")
             audit.record(
                 uow.session,
                 actor,
@@ -653,14 +650,6 @@ def _check_timezone(name: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise InvalidInput(f"unknown time zone {name!r}", error_id="unknown-timezone") from exc
-
-
-async def _flush_unique(uow: UnitOfWork, message: str, error_id: str) -> None:
-    try:
-        async with uow.session.begin_nested():
-            await uow.session.flush()
-    except IntegrityError as exc:
-        raise Conflict(message, error_id=error_id) from exc
 
 
 async def _record(uow: UnitOfWork, user: User) -> dict[str, Any]:

@@ -8,13 +8,12 @@ from typing import Any
 
 import phonenumbers
 from sqlalchemy import Select, func, select
-from sqlalchemy.exc import IntegrityError
 
 from pomelo.audit import service as audit
 from pomelo.auth.access import Actor, access_users, get_one
 from pomelo.auth.models import Group, Tenant, User
 from pomelo.auth.permissions import Permission
-from pomelo.core.errors import Conflict, InvalidInput
+from pomelo.core.errors import InvalidInput
 from pomelo.core.secrets import SecretBox, strong_password
 from pomelo.pbx.events import PbxConfigChanged
 from pomelo.pbx.models import PhoneNumber, Registration, SipAccount, Trunk
@@ -96,7 +95,7 @@ class PbxConfigService:
                 )
                 uow.session.add(account)
                 created.append((account, password))
-            await _flush_unique(uow, "an extension in this range already exists", "extension-taken")
+            await uow.flush_unique("an extension in this range already exists", "extension-taken")
             for account, _ in created:
                 _audit_and_emit(
                     uow,
@@ -244,7 +243,7 @@ class PbxConfigService:
                 password_sealed=self._box.seal(data.password) if data.password else None,
             )
             uow.session.add(trunk)
-            await _flush_unique(uow, f"trunk {data.name!r} exists", "trunk-name-taken")
+            await uow.flush_unique(f"trunk {data.name!r} exists", "trunk-name-taken")
             _audit_and_emit(uow, actor, "trunk", trunk.id, "create", after=trunk_public(trunk))
             await uow.commit()
             return trunk_public(trunk)
@@ -313,7 +312,7 @@ class PbxConfigService:
                 description=data.description,
             )
             uow.session.add(row)
-            await _flush_unique(uow, f"{number} is already in use", "number-taken")
+            await uow.flush_unique(f"{number} is already in use", "number-taken")
             _audit_and_emit(uow, actor, "number", row.id, "create", after=number_public(row))
             await uow.commit()
             return number_public(row)
@@ -485,14 +484,6 @@ async def _contact_counts(uow: UnitOfWork, account_ids: list[str]) -> dict[str, 
         .group_by(Registration.account_id)
     )
     return {account_id: int(n) for account_id, n in rows}
-
-
-async def _flush_unique(uow: UnitOfWork, message: str, error_id: str) -> None:
-    try:
-        async with uow.session.begin_nested():
-            await uow.session.flush()
-    except IntegrityError as exc:
-        raise Conflict(message, error_id=error_id) from exc
 
 
 def _audit_and_emit(

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pomelo.core.bus import EventBus
 from pomelo.core.clock import Clock
+from pomelo.core.errors import Conflict
 from pomelo.core.events import (
     DomainEvent,
     PublishedEvent,
@@ -127,6 +129,15 @@ class UnitOfWork:
 
     def emit(self, event: DomainEvent) -> None:
         self._events.append(event)
+
+    async def flush_unique(self, message: str, error_id: str) -> None:
+        """Flush, turning a unique-constraint violation into a 409 the caller can name,
+        without losing the rest of the transaction (the flush runs in a savepoint)."""
+        try:
+            async with self.session.begin_nested():
+                await self.session.flush()
+        except IntegrityError as exc:
+            raise Conflict(message, error_id=error_id) from exc
 
     async def commit(self) -> list[PublishedEvent]:
         published = await self._append_events()
