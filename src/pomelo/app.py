@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -143,6 +144,8 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         settings.sip_port,
         gate=sip_security,
         transports=tuple(settings.sip_transports),
+        tls=sip_tls(settings),
+        ws_port=settings.sip_ws_port,
     )
     registrar = RegistrarService(
         sip_cache,
@@ -203,6 +206,14 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
     )
+
+
+def sip_tls(settings: Settings) -> tuple[int, ssl.SSLContext] | None:
+    if settings.sip_tls_cert is None or settings.sip_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.sip_tls_cert, settings.sip_tls_key)
+    return settings.sip_tls_port, context
 
 
 def call_settings(settings: Settings) -> CallSettings:

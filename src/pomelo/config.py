@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     sip_host: str = "127.0.0.1"
     sip_port: int = Field(5060, ge=0, le=65535)
     sip_transports: tuple[Literal["UDP", "TCP"], ...] = ("UDP", "TCP")
+    #: SIP over TLS: listens on sip_tls_port when both certificate and key files are given.
+    sip_tls_port: int = Field(5061, ge=0, le=65535)
+    sip_tls_cert: Path | None = None
+    sip_tls_key: Path | None = None
+    #: SIP over WebSocket (RFC 7118, browsers' softphones): listens when a port is set.
+    sip_ws_port: int | None = Field(None, ge=0, le=65535)
     sip_qualify_seconds: float = Field(30.0, ge=0)
     #: Compatibility first: SIPp and baresip 1.0 (and many desk phones) fail outright when any
     #: challenge names SHA-256; see configuration.md.
@@ -82,6 +88,11 @@ class Settings(BaseSettings):
                 "secret_key is the demo secret; set POMELO_SECRET_KEY (or secret_key in "
                 "pomelo.toml) to a long random value, or run in demo mode"
             )
+        if (self.sip_tls_cert is None) != (self.sip_tls_key is None):
+            raise ValueError("sip_tls_cert and sip_tls_key go together")
+        for path in (self.sip_tls_cert, self.sip_tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
         if len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("secret_key must be at least 16 characters")
         return self

@@ -8,6 +8,7 @@ so Pomelo never amplifies traffic towards a spoofed source.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -52,11 +53,17 @@ class SipServer:
         *,
         gate: SipGate | None = None,
         transports: tuple[str, ...] = ("UDP", "TCP"),
+        tls: tuple[int, ssl.SSLContext] | None = None,
+        ws_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.gate: SipGate = gate if gate is not None else OpenGate()
         self._transports = transports
+        self._tls = tls
+        self._ws_port = ws_port
+        self.tls_port: int | None = None
+        self.ws_port: int | None = None
         self._handlers: dict[str, Handler] = {}
         self._ack_handler: AckHandler | None = None
         self.endpoint = SipEndpoint(self._on_request, on_ack=self._on_ack)
@@ -76,6 +83,15 @@ class SipServer:
             transport = await self.endpoint.listen(kind, self.host, self.port)
             self.port = transport.local_address[1]
             log.info("SIP listening on %s %s:%s", kind, self.host, self.port)
+        if self._tls is not None:
+            port, context = self._tls
+            transport = await self.endpoint.listen("TLS", self.host, port, ssl_context=context)
+            self.tls_port = transport.local_address[1]
+            log.info("SIP listening on TLS %s:%s", self.host, self.tls_port)
+        if self._ws_port is not None:
+            transport = await self.endpoint.listen("WS", self.host, self._ws_port)
+            self.ws_port = transport.local_address[1]
+            log.info("SIP listening on WS %s:%s", self.host, self.ws_port)
 
     async def stop(self) -> None:
         await self.endpoint.close()
