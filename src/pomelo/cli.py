@@ -79,6 +79,21 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[T]], *, start: bool
         raise typer.Exit(1) from None
 
 
+def _busy_ports(settings: Settings) -> str | None:
+    """The first listening address already taken, checked before anything starts."""
+    wanted = [("HTTP", settings.http_host, settings.http_port, socket.SOCK_STREAM)]
+    if settings.sip_enabled:
+        kinds = {"UDP": socket.SOCK_DGRAM, "TCP": socket.SOCK_STREAM}
+        wanted += [
+            (f"SIP/{name}", settings.sip_host, settings.sip_port, kinds[name])
+            for name in settings.sip_transports
+        ]
+    for label, host, port, kind in wanted:
+        if port and not _port_free(host, port, kind):
+            return f"{label} address {host}:{port} is already in use"
+    return None
+
+
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -93,6 +108,10 @@ def _serve(settings: Settings, before: Callable[[Any], Awaitable[None]] | None =
     from pomelo.runtime import run, tune_gc
 
     _configure_logging(settings)
+    busy = _busy_ports(settings)
+    if busy:
+        err.print(f"[red]error:[/red] {escape(busy)}; stop what uses it or choose another port")
+        raise typer.Exit(1)
 
     async def main() -> None:
         platform = build_platform(settings)
@@ -111,7 +130,10 @@ def _serve(settings: Settings, before: Callable[[Any], Awaitable[None]] | None =
         tune_gc()
         await server.serve()
         if not server.started:
-            raise OSError(f"could not serve HTTP on {settings.http_host}:{settings.http_port}")
+            raise OSError(
+                f"could not start: HTTP {settings.http_host}:{settings.http_port}, SIP "
+                f"{settings.sip_host}:{settings.sip_port} (the error is logged above)"
+            )
 
     try:
         run(main(), use_uvloop=settings.uvloop)
@@ -498,8 +520,8 @@ def _check_database(settings: Settings) -> list[str]:
     return asyncio.run(probe())
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+def _port_free(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
         try:
             s.bind((host, port))
         except OSError:

@@ -300,3 +300,15 @@ async def test_tenant_create_refuses_an_invalid_slug(cli: Cli) -> None:
     """A slug the login form would refuse must not be created: nobody could ever log in."""
     result = await cli("tenant", "create", "Bad Slug!", "--name", "Bad")
     expect(result, 2, "slug")
+
+
+async def test_serve_refuses_a_busy_port_with_a_message(cli: Cli) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = await cli("serve", env={"POMELO_SIP_PORT": port})
+    assert result.code == 1, result
+    assert f"127.0.0.1:{port} is already in use" in result.text
+    assert "Traceback" not in result.text
