@@ -522,6 +522,9 @@ def _check_database(settings: Settings) -> list[str]:
 
 def _port_free(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # As the servers do: a port in TIME_WAIT after a restart is free to listen on.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

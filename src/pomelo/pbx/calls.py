@@ -45,6 +45,7 @@ from pomelo.pbx.legs import (
     caller_status,
     disposition_for,
     step,
+    try_step,
 )
 from pomelo.pbx.location import Location
 from pomelo.pbx.midcall import MidCall, allow_of, content_headers
@@ -358,7 +359,10 @@ class Call:
             self._fire(CallEvent.CLEARED)
 
     def _fire(self, event: CallEvent) -> None:
-        self.state = step(_CALL_TABLE, self.state, event, f"call {self.id}")
+        new = try_step(_CALL_TABLE, self.state, event)
+        if new is None:
+            new = step(_CALL_TABLE, self.state, event, f"call {self.id}")
+        self.state = new
 
     @property
     def live(self) -> bool:

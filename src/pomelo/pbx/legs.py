@@ -34,6 +34,7 @@ __all__ = [
     "caller_status",
     "disposition_for",
     "step",
+    "try_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,17 @@ def step(table: Mapping[tuple[Any, Any], Any], state: Any, event: Any, what: str
     new = table.get((state, event))
     if new is None:
         raise IllegalTransition(f"{what}: {event.value} is not allowed in {state.value}")
-    log.debug("%s %s -[%s]-> %s", what, state.value, event.value, new.value)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s -[%s]-> %s", what, state.value, event.value, new.value)
+    return new
+
+
+def try_step(table: Mapping[tuple[Any, Any], Any], state: Any, event: Any) -> Any:
+    """``step`` for the hot path: the ``what`` label is only built when it is needed
+    (an illegal transition or debug logging on)."""
+    new = table.get((state, event))
+    if new is None or log.isEnabledFor(logging.DEBUG):
+        return None
     return new
 
 
@@ -191,7 +202,11 @@ class CallLeg:
         self.session_timer: TimerHandle | None = None
 
     def fire(self, event: LegEvent) -> LegState:
-        self.state = step(TRANSITIONS[self.role], self.state, event, f"leg {self.key[1]}")
+        table = TRANSITIONS[self.role]
+        new = try_step(table, self.state, event)
+        if new is None:
+            new = step(table, self.state, event, f"leg {self.key[1]}")
+        self.state = new
         return self.state
 
     @property

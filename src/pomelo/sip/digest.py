@@ -285,6 +285,7 @@ def digest_response(
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _NC_RE = re.compile(r"[0-9a-fA-F]{1,8}")
 _CHALLENGE_TOKENS = frozenset({"algorithm", "stale"})
+_NONCE_SLOT = "NONCE-SLOT"  # a placeholder no realm or token can contain twice by accident
 _CREDENTIALS_TOKENS = frozenset({"algorithm", "qop", "nc"})
 
 
@@ -637,6 +638,7 @@ class DigestChallenger:
         "_max_skew",
         "_realm",
         "_realm_bytes",
+        "_templates",
         "_tracker",
         "_ttl",
     )
@@ -671,6 +673,7 @@ class DigestChallenger:
         self._tracker = tracker if tracker is not None else NonceTracker()
         self._max_skew = max_clock_skew
         self._dummy_ha1 = {alg: "0" * alg.hex_length for alg in DigestAlgorithm}
+        self._templates: dict[bool, list[list[str]]] = {}
 
     @property
     def realm(self) -> str:
@@ -693,14 +696,26 @@ class DigestChallenger:
         All share one nonce: it is not bound to an algorithm, so minting one is enough.
         """
         nonce = self.new_nonce()
-        return [
-            DigestChallenge(self._realm, nonce, alg, qop=("auth",), stale=stale).to_header()
-            for alg in self._algorithms
-        ]
+        templates = self._templates.get(stale)
+        if templates is None:
+            # Everything but the nonce is fixed per realm: render it once. Nonces are
+            # base64, which a quoted-string carries verbatim, so filling them in is exact.
+            templates = self._templates[stale] = [
+                DigestChallenge(self._realm, _NONCE_SLOT, alg, qop=("auth",), stale=stale)
+                .to_header()
+                .split(_NONCE_SLOT)
+                for alg in self._algorithms
+            ]
+        if any(len(parts) != 2 for parts in templates):  # the realm contains the slot
+            return [
+                DigestChallenge(self._realm, nonce, alg, qop=("auth",), stale=stale).to_header()
+                for alg in self._algorithms
+            ]
+        return [nonce.join(parts) for parts in templates]
 
     def _mac(self, key: bytes, body: bytes) -> bytes:
         message = _NONCE_CONTEXT + body + self._realm_bytes
-        return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.digest(key, message, "sha256")[:_MAC_BYTES]
 
     def _nonce_issued_at(self, nonce: str) -> float | None:
         """Issue time of a nonce this cluster minted for this realm, else ``None``."""
