@@ -30,6 +30,7 @@ from pomelo.core.clock import Clock
 from pomelo.core.events import Audience, DomainEvent
 from pomelo.core.ids import new_id
 from pomelo.pbx import call_events as ev
+from pomelo.pbx.call_media import CallMedia, MediaError
 from pomelo.pbx.cdr import CallAudience, CallRecorder, call_record
 from pomelo.pbx.cdr_models import CallRecord
 from pomelo.pbx.dialer import ALLOW, Dialer
@@ -79,6 +80,7 @@ from pomelo.sip.transport import Source, Target, Transport, TransportError
 from pomelo.sip.uri import NameAddr, SipUri
 
 if TYPE_CHECKING:
+    from pomelo.media.engine import MediaEngine
     from pomelo.pbx.server import SipServer
 
 __all__ = ["Call", "CallService", "CallSettings", "TrunkPassword"]
@@ -119,8 +121,10 @@ class CallService:
         settings: CallSettings | None = None,
         scheduler: Scheduler | None = None,
         trunk_password: TrunkPassword | None = None,
+        media: MediaEngine | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.media = media
         self.router = router
         self.location = location
         self.recorder = recorder
@@ -267,6 +271,7 @@ class Call:
         "hangup",
         "id",
         "legs",
+        "media",
         "mid",
         "origin",
         "queue",
@@ -304,6 +309,7 @@ class Call:
         self.transfers: Any = None
         self.mid = MidCall(self)
         self.dialer = Dialer(self)
+        self.media = CallMedia(self, service.media)
         self.setup_key = (request.call_id, request.from_.tag or "")
         self.legs: list[CallLeg] = []
         self.a = self._caller_leg(tx, origin)
@@ -345,6 +351,7 @@ class Call:
                 await self._apply(handler, args)
         finally:
             self._stop_timers()
+            self.media.close()
             self.service.forget(self)
 
     async def _apply(self, handler: Handler, args: tuple[Any, ...]) -> None:
@@ -393,11 +400,32 @@ class Call:
         self._offered()
         if not self.a.ringing:
             return  # cancelled while routing
+        if not await self._open_caller_media():
+            return
         if decision.outbound is not None:
             await self.dialer.dial_trunk(decision.outbound)
         else:
             await self.dialer.ring(decision.accounts)
         self._check_forks()
+
+    async def _open_caller_media(self) -> bool:
+        """Anchor the caller's media; a caller offering nothing we can use gets 488."""
+        if not self.media.anchored:
+            return True
+        await self.media.open(self.a)
+        try:
+            self.media.learn_offer(self.a, self.a.invite_request.body)
+        except MediaError as exc:
+            log.info("call %s: %s", self.id, exc)
+            self._fail_caller(488, None, "incompatible-media")
+            return False
+        return True
+
+    async def on_media_timeout(self, leg: CallLeg) -> None:
+        """The leg's peer stopped sending RTP: it is gone (the CDR says rtp-timeout)."""
+        if self.state is CallState.ANSWERED and leg.confirmed:
+            log.info("call %s: no RTP from %s, hanging up", self.id, leg.side)
+            await self._hang_up(None, "system", "rtp-timeout")
 
     # -- responses to our INVITEs ---------------------------------------------------------
 
@@ -427,18 +455,32 @@ class Call:
             return
         a = self.a
         if a.ringing and a.tx is not None:
+            body = response.body
+            if body and self.media.anchored:
+                body = self._early_media(leg, body)
             sent = a.tx.reply(
                 response.status,
                 response.reason,
-                body=response.body,
+                body=body,
                 headers=content_headers(response),
                 contact=a.local_contact,
             )
             if sent is not None:
                 a.fire(LegEvent.PROVISIONAL)
-                if response.body:
-                    a.local_sdp = response.body
+                if body:
+                    a.local_sdp = body
         self._rang(leg)
+
+    def _early_media(self, leg: CallLeg, body: bytes) -> bytes:
+        """SDP in a provisional answers our offer to the fork: join the caller to it.
+        Without an offer from the caller it would be an offer, which needs PRACK: drop it."""
+        if not self.a.invite_request.body:
+            return b""
+        try:
+            return self.media.translate(leg, self.a, body, offer=False)
+        except MediaError as exc:
+            log.info("call %s: early media ignored: %s", self.id, exc)
+            return b""
 
     def _rang(self, leg: CallLeg) -> None:
         if self.deciding:
@@ -500,14 +542,24 @@ class Call:
             *content_headers(response),
         ]
         sent = None
+        body = response.body
+        if self.media.anchored and body:
+            try:
+                body = self.media.translate(b, a, body, offer=not a.invite_request.body)
+            except MediaError as exc:
+                log.info("call %s: callee's answer unusable: %s", self.id, exc)
+                await self._drop_late_answer_confirmed(b)
+                b.outcome = 488
+                self._check_forks()
+                return
         if a.ringing and a.tx is not None:
-            sent = a.tx.reply(200, body=response.body, headers=headers, contact=a.local_contact)
+            sent = a.tx.reply(200, body=body, headers=headers, contact=a.local_contact)
         if sent is None:
             await self._drop_late_answer_confirmed(b)
             return
         a.fire(LegEvent.ANSWERED)
         a.dialog = Dialog.from_uas(a.invite_request, sent)
-        a.local_sdp = response.body
+        a.local_sdp = body
         a.session_expires, a.session_refresher = interval, we_refresh
         b.session_expires, b.session_refresher = negotiate_uac(response, policy)
         self._link(a, b)
@@ -652,12 +704,20 @@ class Call:
             return
         leg.pending = None
         peer: CallLeg = pending[1]
-        if request.body:
-            leg.remote_sdp = request.body
-            peer.local_sdp = request.body
+        body = request.body
+        if body:
+            leg.remote_sdp = body
+            if self.media.anchored:
+                try:
+                    body = self.media.translate(leg, peer, body, offer=False)
+                except MediaError as exc:
+                    log.info("call %s: answer in ACK unusable: %s", self.id, exc)
+                    await self._hang_up(None, "system", "incompatible-media", 488)
+                    return
+            peer.local_sdp = body
         if peer.pending is not None and peer.pending[0] == "ack":
             peer.pending = None
-            await self._ack(peer, request.body, request.content_type)
+            await self._ack(peer, body, request.content_type)
 
     async def _ack(self, leg: CallLeg, body: bytes, content_type: str | None = None) -> None:
         if leg.dialog is None:

@@ -68,6 +68,7 @@ class Dialer:
             log.warning("call %s: unusable contact %r", call.id, contact.uri)
             return
         leg = self.new_uac_leg(side, account)
+        await call.media.open(leg)
         if transport is None:
             leg.outcome = 503
             leg.fire(LegEvent.FAILED)
@@ -94,6 +95,7 @@ class Dialer:
             params["transport"] = trunk.transport.lower()
         uri = SipUri(trunk.host, user=out.dial, port=trunk.port, params=params)
         leg = self.new_uac_leg(side, None)
+        await call.media.open(leg)
         leg.trunk = trunk
         request = self.invite(
             leg,
@@ -134,6 +136,8 @@ class Dialer:
         caller = call.a.invite_request
         from_.tag = leg.key[1]
         offer = caller.body if body is None else body
+        if offer and call.media.anchored:
+            offer = call.media.offer(leg, offer)
         headers = [("Allow", ALLOW), ("Supported", "timer")]
         headers += uac_headers(call.service.settings.session_timers)
         if offer:

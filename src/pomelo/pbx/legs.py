@@ -156,6 +156,7 @@ class CallLeg:
         "key",
         "local_contact",
         "local_sdp",
+        "media",
         "outcome",
         "peer",
         "pending",
@@ -192,6 +193,8 @@ class CallLeg:
         self.allow: frozenset[str] = frozenset()
         self.local_sdp = b""
         self.remote_sdp = b""
+        self.media: Any = None
+        """The PBX's RTP end of this leg (:class:`pomelo.pbx.anchor.LegMedia`) when anchored."""
         self.holding = False
         self.outcome: int | None = None
         self.pending: Any = None

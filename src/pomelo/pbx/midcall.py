@@ -16,9 +16,11 @@ answers itself.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from pomelo.pbx import call_events as ev
+from pomelo.pbx.anchor import MediaError
 from pomelo.pbx.legs import CallLeg, CallState, LegRole
 from pomelo.pbx.session_timer import (
     expiry_delay,
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from pomelo.pbx.calls import Call
 
 __all__ = ["RELAYED_HEADERS", "MidCall", "allow_of", "content_headers", "holds", "same_session"]
+
+log = logging.getLogger(__name__)
 
 RELAYED_HEADERS = (
     "Content-Type",
@@ -157,9 +161,19 @@ class MidCall:
             tx.reply(481)
             return
         headers = [(name, v) for name in RELAYED_HEADERS for v in request.header_values(name)]
+        body = request.body
         if request.method in ("INVITE", "UPDATE"):
             headers += self.session_headers(peer)
-        out = peer.dialog.create_request(request.method, body=request.body, headers=headers)
+            if body and call.media.anchored:
+                try:
+                    body = call.media.translate(leg, peer, body, offer=True)
+                except MediaError as exc:
+                    log.info("call %s: re-offer refused: %s", call.id, exc)
+                    tx.reply(488)
+                    return
+                headers = [h for h in headers if h[0].lower() != "content-type"]
+                headers.append(("Content-Type", "application/sdp"))
+        out = peer.dialog.create_request(request.method, body=body, headers=headers)
         if request.method == "INVITE":
             peer.pending = ("reinvite", leg)
 
@@ -186,11 +200,18 @@ class MidCall:
         status = response.status
         ok = 200 <= status < 300
         headers = content_headers(response)
+        body = response.body
         if ok and method in ("INVITE", "UPDATE"):
             headers += self.session_headers(leg)
-            self.offer_accepted(leg, peer, request.body, response.body)
+            if body and call.media.anchored:
+                try:
+                    body = call.media.translate(peer, leg, body, offer=not request.body)
+                except MediaError as exc:
+                    log.info("call %s: re-answer unusable: %s", call.id, exc)
+                    body = leg.local_sdp
+            self.offer_accepted(leg, peer, request.body, response.body, out.body, body)
         contact = leg.local_contact if method == "INVITE" else None
-        tx.reply(status, response.reason, body=response.body, headers=headers, contact=contact)
+        tx.reply(status, response.reason, body=body, headers=headers, contact=contact)
         if ok and method == "INVITE":
             if request.body:
                 await call._ack(peer, b"")
@@ -200,19 +221,28 @@ class MidCall:
         if status in (408, 481) and call.state is CallState.ANSWERED:
             await call._hang_up(peer, peer.side, "peer-gone", status)
 
-    def offer_accepted(self, leg: CallLeg, peer: CallLeg, offer: bytes, answer: bytes) -> None:
+    def offer_accepted(
+        self,
+        leg: CallLeg,
+        peer: CallLeg,
+        offer: bytes,
+        answer: bytes,
+        offer_sent: bytes | None = None,
+        answer_sent: bytes | None = None,
+    ) -> None:
         """Bookkeeping after a relayed offer/answer: SDP on both legs, hold state, timers
-        (a successful re-INVITE or UPDATE refreshes both sessions, RFC 4028 §10)."""
+        (a successful re-INVITE or UPDATE refreshes both sessions, RFC 4028 §10). The
+        ``*_sent`` bodies are what the PBX sent on (anchored media rewrites them)."""
         if offer:
             leg.remote_sdp = offer
-            peer.local_sdp = offer
+            peer.local_sdp = offer if offer_sent is None else offer_sent
             on_hold = holds(offer)
             if on_hold is not None and on_hold != leg.holding:
                 leg.holding = on_hold
                 self.hold_changed(leg)
         if answer:
             peer.remote_sdp = answer
-            leg.local_sdp = answer
+            leg.local_sdp = answer if answer_sent is None else answer_sent
         self.arm_session(leg)
         self.arm_session(peer)
 

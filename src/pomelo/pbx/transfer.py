@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from pomelo.pbx import call_events as ev
+from pomelo.pbx.anchor import MediaError
 from pomelo.pbx.legs import CallLeg, CallState, LegEvent, LegRole
 from pomelo.pbx.midcall import allow_of
 from pomelo.pbx.routing import Refusal, uri_user
@@ -292,6 +293,12 @@ class Transfers:
             await self._abandon(job, offerer, 487 if not y.confirmed else 491)
             return
         headers = [("Content-Type", "application/sdp"), *call.mid.session_headers(y)]
+        if call.media.anchored:
+            try:
+                offer = call.media.translate(offerer, y, offer, offer=True)
+            except MediaError:
+                await self._abandon(job, offerer, 488)
+                return
         request = y.dialog.create_request("INVITE", body=offer, headers=headers)
         y.pending = ("reinvite", offerer)
 
@@ -313,9 +320,16 @@ class Transfers:
             return
         await call._ack(y, b"")
         offerer.pending = None
-        await call._ack(offerer, response.body)
+        answer = response.body
+        if call.media.anchored and answer:
+            try:
+                answer = call.media.translate(y, offerer, answer, offer=False)
+            except MediaError:
+                await self._abandon(job, offerer, 488)
+                return
+        await call._ack(offerer, answer)
         y.local_sdp, y.remote_sdp = request.body, response.body
-        offerer.local_sdp = response.body
+        offerer.local_sdp = answer
         await self._complete(job, offerer)
 
     async def _complete(self, job: _Job, z: CallLeg) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import wave
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+import numpy as np
+import pytest
 
 from tests.conftest import Server, TenantFixture
 from tests.integration.pbx.test_registrar import account
@@ -65,7 +71,12 @@ async def test_two_baresip_phones_call_each_other(
     await account(server, tenant, "411", "long-sip-password-411")
     await account(server, tenant, "412", "long-sip-password-412")
     caller = Baresip(
-        tmp_path / "a", user="411", domain=domain, password="long-sip-password-411", proxy=proxy
+        tmp_path / "a",
+        user="411",
+        domain=domain,
+        password="long-sip-password-411",
+        proxy=proxy,
+        tone=440,
     )
     callee = Baresip(
         tmp_path / "b",
@@ -74,6 +85,7 @@ async def test_two_baresip_phones_call_each_other(
         password="long-sip-password-412",
         proxy=proxy,
         auto_answer=True,
+        tone=1000,
     )
     await caller.start()
     await callee.start()
@@ -85,11 +97,18 @@ async def test_two_baresip_phones_call_each_other(
         assert incoming["direction"] == "incoming"
         assert incoming["peeruri"] == f"sip:411@{domain}"
         await caller.wait_for("CALL_ESTABLISHED")
+        relayed = sum(c.media.counters.received for c in live_call_legs(server))
+        await asyncio.sleep(2.0)
+        relayed = sum(c.media.counters.received for c in live_call_legs(server)) - relayed
         await caller.command("hangup")
         await callee.wait_for("CALL_CLOSED")
     finally:
         await caller.stop()
         await callee.stop()
+    # The media crossed the PBX (anchored), and each phone heard the other's tone.
+    assert relayed > 100
+    assert dominant_hz(heard_by(tmp_path / "a")) == pytest.approx(1000, abs=30)
+    assert dominant_hz(heard_by(tmp_path / "b")) == pytest.approx(440, abs=30)
     await server.platform.call_recorder.drain()
     async with server.platform.db.session() as s:
         records = list(
@@ -102,3 +121,31 @@ async def test_two_baresip_phones_call_each_other(
     assert [(r.disposition, r.direction, r.hangup_side) for r in records] == [
         ("answered", "internal", "caller")
     ]
+
+
+def live_call_legs(server: Server) -> list[Any]:
+    """The RTP sessions of every leg of every live call."""
+    out = []
+    for call in server.platform.calls.calls.values():
+        for leg in call.legs:
+            if leg.media is not None:
+                out.append(SimpleNamespace(media=leg.media.session))
+    return out
+
+
+def heard_by(phone_dir: Path) -> np.ndarray[Any, Any]:
+    """What a baresip phone played (sndfile's decoder-side dump), as mono samples."""
+    files = sorted(phone_dir.glob("*dec*.wav"))
+    assert files, f"no recording in {phone_dir}: {list(phone_dir.iterdir())}"
+    with wave.open(str(files[-1])) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        channels, rate = w.getnchannels(), w.getframerate()
+    mono = data.reshape(-1, channels).mean(axis=1) if channels > 1 else data.astype(float)
+    return np.asarray([rate, *mono[rate // 2 :]])  # skip the first half second
+
+
+def dominant_hz(samples: np.ndarray[Any, Any]) -> float:
+    rate, audio = int(samples[0]), samples[1:]
+    assert np.abs(audio).mean() > 100, "silence"
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * rate / len(audio))

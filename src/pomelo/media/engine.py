@@ -1,0 +1,138 @@
+"""The media plane of one process: the RTP port pool, the 20 ms clock, and the watchdog.
+
+Everything that *generates* audio (prompts, music on hold, conference mixes) runs on one
+shared 20 ms clock rather than a timer per stream: with 2,000 IVR streams a timer each would
+mean 100,000 timer callbacks a second, while one clock walks a list. The clock schedules its
+next tick from the ideal deadline, not from "now", so it does not drift when the loop is busy;
+if it falls more than a few ticks behind it skips ahead instead of bursting.
+
+The watchdog hangs up calls whose peer stopped sending (dead phone, lost network): a session
+that expects media and heard nothing for ``rtp_timeout`` seconds is reported once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from pomelo.media.session import PortPool, RtpSession
+
+__all__ = ["TICK", "MediaClock", "MediaEngine"]
+
+log = logging.getLogger(__name__)
+
+TICK: Final = 0.02
+_MAX_LAG_TICKS: Final = 5
+
+Tick = Callable[[float], None]
+
+
+class MediaClock:
+    """Calls every subscriber once per 20 ms tick with the tick's nominal time."""
+
+    __slots__ = ("_handle", "_loop", "_next", "_subscribers", "late_ticks", "ticks")
+
+    def __init__(self) -> None:
+        self._subscribers: dict[int, Tick] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next = 0.0
+        self.ticks = 0
+        self.late_ticks = 0
+
+    def subscribe(self, callback: Tick) -> int:
+        token = id(callback)
+        self._subscribers[token] = callback
+        if self._handle is None:
+            self._loop = asyncio.get_running_loop()
+            self._next = self._loop.time() + TICK
+            self._handle = self._loop.call_at(self._next, self._tick)
+        return token
+
+    def unsubscribe(self, token: int) -> None:
+        self._subscribers.pop(token, None)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        self.ticks += 1
+        if now - self._next > _MAX_LAG_TICKS * TICK:
+            self.late_ticks += 1
+            self._next = now  # too far behind: skip ahead rather than burst
+        for callback in list(self._subscribers.values()):
+            try:
+                callback(self._next)
+            except Exception:
+                log.exception("media clock subscriber failed; dropping it")
+                self._subscribers = {
+                    k: v for k, v in self._subscribers.items() if v is not callback
+                }
+        if not self._subscribers:
+            self._handle = None
+            return
+        self._next += TICK
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._subscribers.clear()
+
+
+class MediaEngine:
+    """Opens sessions, runs the clock, and watches for silent peers."""
+
+    __slots__ = ("_watch", "_watchdog", "clock", "host", "pool", "rtp_timeout")
+
+    def __init__(
+        self, host: str, port_min: int, port_max: int, *, rtp_timeout: float = 60.0
+    ) -> None:
+        self.host = host
+        self.pool = PortPool(port_min, port_max)
+        self.clock = MediaClock()
+        self.rtp_timeout = rtp_timeout
+        self._watch: dict[RtpSession, Callable[[], None]] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def open_session(self) -> RtpSession:
+        return await RtpSession.open(self.pool, self.host)
+
+    def watch(self, session: RtpSession, on_timeout: Callable[[], None]) -> None:
+        """Report (once) when ``session`` has received nothing for ``rtp_timeout`` seconds.
+        The count starts now, so a peer that never sends at all is caught too."""
+        if self.rtp_timeout <= 0:
+            return
+        if session.last_received == 0.0:
+            session.last_received = time.monotonic()
+        self._watch[session] = on_timeout
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._run_watchdog())
+
+    def unwatch(self, session: RtpSession) -> None:
+        self._watch.pop(session, None)
+
+    async def _run_watchdog(self) -> None:
+        interval = max(0.05, min(1.0, self.rtp_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.check_timeouts(time.monotonic())
+
+    def check_timeouts(self, now: float) -> None:
+        deadline = now - self.rtp_timeout
+        expired = [s for s in self._watch if s.last_received < deadline or s.closed]
+        for session in expired:
+            callback = self._watch.pop(session)
+            if not session.closed:
+                callback()
+
+    async def stop(self) -> None:
+        self.clock.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._watch.clear()
