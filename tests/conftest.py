@@ -21,6 +21,7 @@ from pomelo.app import Platform, build_platform, create_app
 from pomelo.auth.access import Actor
 from pomelo.auth.schemas import GroupCreate, RoleCreate, UserCreate
 from pomelo.config import Settings, load_settings
+from tests.support.recordings import make_recording
 
 TEST_SECRET = "test-secret-0123456789abcdef"
 PASSWORD = "correct horse battery"
@@ -198,6 +199,7 @@ class TenantFixture:
     account_id: str = ""
     trunk_id: str = ""
     number_id: str = ""
+    recording_id: str = ""
 
     def __getitem__(self, key: str) -> Member:
         return self.members[key]
@@ -233,6 +235,9 @@ async def build_tenant(platform: Platform) -> TenantFixture:
         members[role] = Member(user["id"], user["username"], role, key, key_id, groups)
     fixture = TenantFixture(tenant.id, slug, members, [sales["id"], support["id"]], nobody["id"])
     await _pbx_objects(platform, system, fixture)
+    fixture.recording_id, _ = await make_recording(
+        platform, tenant.id, user_ids=(members["operator"].id,), group_id=sales["id"]
+    )
     return fixture
 
 

@@ -24,7 +24,9 @@ from pomelo.api import audit as audit_api
 from pomelo.api import directory as directory_api
 from pomelo.api import keys as keys_api
 from pomelo.api import pbx as pbx_api
+from pomelo.api import phone as phone_api
 from pomelo.api import problems
+from pomelo.api import recordings as recordings_api
 from pomelo.api import sip_security as sip_security_api
 from pomelo.api import stream as stream_api
 from pomelo.api import system as system_api
@@ -36,6 +38,8 @@ from pomelo.config import Settings
 from pomelo.core.bus import EventBus, MemoryEventBus
 from pomelo.core.clock import Clock, SystemClock
 from pomelo.core.secrets import SecretBox
+from pomelo.media.engine import MediaEngine
+from pomelo.media.tts import TextToSpeech
 from pomelo.observability import Metrics
 from pomelo.pbx.calls import CallService, CallSettings
 from pomelo.pbx.cdr import CallRecorder
@@ -47,6 +51,8 @@ from pomelo.pbx.service import PbxConfigService
 from pomelo.pbx.session_timer import SessionTimerPolicy
 from pomelo.pbx.sipcache import SipConfigCache
 from pomelo.pbx.trunks import TrunkRegistrations
+from pomelo.recordings.retention import run_retention
+from pomelo.recordings.service import RecordingCatalog
 from pomelo.sip.digest import DigestAlgorithm
 from pomelo.sip.registrar import RegistrarPolicy
 from pomelo.storage.db import Database
@@ -54,6 +60,7 @@ from pomelo.storage.uow import EventDispatcher, UnitOfWork
 from pomelo.stream.hub import StreamHub
 from pomelo.stream.log import EventLogReader
 from pomelo.stream.sections import default_sections
+from pomelo.webrtc.gateway import WebRtcGateway
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +83,11 @@ class Platform:
     trunk_registrations: TrunkRegistrations
     calls: CallService
     call_recorder: CallRecorder
+    media: MediaEngine
     hub: StreamHub
     event_log: EventLogReader
+    recordings: RecordingCatalog
+    webrtc: WebRtcGateway
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def uow(self) -> UnitOfWork:
@@ -90,11 +100,13 @@ class Platform:
         self.bus.subscribe(self.metrics.on_event)
         self.hub.start()
         self._tasks.append(asyncio.create_task(self._poll_foreign_events()))
+        self._tasks.append(asyncio.create_task(run_retention(self.recordings, self.clock)))
         if self.settings.sip_enabled:
             await self.sip_cache.start()
             await self.sip_server.start()
             await self.registrar.start(self.sip_server.endpoint)
             self.trunk_registrations.start(self.sip_server.endpoint, self.sip_server.port)
+            await self.webrtc.start(self.sip_server.host, self.sip_server.port)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -102,7 +114,9 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.settings.sip_enabled:
+            await self.webrtc.stop()
             await self.calls.stop()
+            await self.media.stop()
             await self.call_recorder.stop()
             await self.trunk_registrations.stop()
             await self.registrar.stop()
@@ -170,6 +184,12 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
     sip_cache.on_reload(trunk_registrations.reconcile)
     call_directory = DbCallDirectory(db)
     call_recorder = CallRecorder(uow, call_directory)
+    media = MediaEngine(
+        settings.effective_media_host,
+        settings.rtp_port_min,
+        settings.rtp_port_max,
+        rtp_timeout=settings.rtp_timeout_seconds,
+    )
     calls = CallService(
         sip_server.endpoint,
         Router(
@@ -183,6 +203,8 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         clock=clock,
         settings=call_settings(settings),
         trunk_password=lambda t: box.open(t.password_sealed) if t.password_sealed else None,
+        media=media if settings.media_anchor else None,
+        tts=TextToSpeech(settings.data_dir / "tts"),
     )
     calls.install(sip_server)
 
@@ -203,8 +225,15 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         trunk_registrations=trunk_registrations,
         calls=calls,
         call_recorder=call_recorder,
+        media=media,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
+        recordings=RecordingCatalog(
+            uow,
+            settings.effective_recordings_dir,
+            retention_days=settings.recording_retention_days,
+        ),
+        webrtc=WebRtcGateway(sip_cache, call_directory.accounts_of_user, media.open_session),
     )
 
 
@@ -286,6 +315,8 @@ def create_app(platform: Platform) -> FastAPI:
         directory_api.router,
         keys_api.router,
         pbx_api.router,
+        phone_api.router,
+        recordings_api.router,
         sip_security_api.router,
         audit_api.router,
         stream_api.router,

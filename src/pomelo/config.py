@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     sip_max_expires: int = Field(3600, ge=60)
     rtp_port_min: int = Field(20000, ge=1024, le=65535)
     rtp_port_max: int = Field(29999, ge=1024, le=65535)
+    #: Media anchoring: every call's RTP flows through Pomelo (recording, IVR, supervision).
+    media_anchor: bool = True
+    #: Address RTP sockets bind to and SDP advertises; empty = sip_host.
+    media_host: str = ""
+    #: Seconds without RTP from an answered, not-on-hold leg before the call is hung up (0 = never).
+    rtp_timeout_seconds: float = Field(60.0, ge=0)
+    recordings_enabled: bool = True
+    #: None: <data_dir>/recordings (see effective_recordings_dir).
+    recordings_dir: Path | None = None
+    #: Days a recording is kept; 0 keeps them forever.
+    recording_retention_days: int = Field(90, ge=0, le=36500)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     migrate_on_start: bool = True
@@ -102,6 +113,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'pomelo.db').as_posix()}"
+
+    @property
+    def effective_media_host(self) -> str:
+        return self.media_host or self.sip_host
+
+    @property
+    def effective_recordings_dir(self) -> Path:
+        if self.recordings_dir is not None:
+            return self.recordings_dir
+        return self.data_dir / "recordings"
 
     @property
     def is_demo(self) -> bool:

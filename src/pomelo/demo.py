@@ -12,8 +12,14 @@ from pomelo.auth.access import Actor
 from pomelo.auth.models import Group, Tenant, User
 from pomelo.auth.schemas import GroupCreate, TenantUpdate, UserCreate, UserUpdate
 from pomelo.core.errors import ConfigError
-from pomelo.pbx.models import PhoneNumber, SipAccount, Trunk
-from pomelo.pbx.schemas import NumberCreate, SipAccountCreate, SipAccountUpdate, TrunkCreate
+from pomelo.pbx.models import PhoneNumber, Scenario, SipAccount, Trunk
+from pomelo.pbx.schemas import (
+    NumberCreate,
+    NumberUpdate,
+    SipAccountCreate,
+    SipAccountUpdate,
+    TrunkCreate,
+)
 
 DEMO_TENANT = "demo"
 DEMO_PASSWORD = "demo"  # noqa: S105 (the documented demo credential)
@@ -76,8 +82,7 @@ async def _ensure_telephony(
     groups: dict[str, str],
 ) -> None:
     """Extensions 101–110 (101–106 are operator1…6's, password demo<ext>), a trunk accepting
-    calls from 127.0.0.1, and the demo DID. Until scenarios exist (issue 5) the DID routes
-    straight to Sales."""
+    calls from 127.0.0.1, and the demo DID, answered by the demo menu."""
     pbx = platform.pbx
     async with platform.db.session() as session:
         accounts = {
@@ -111,17 +116,51 @@ async def _ensure_telephony(
         trunk_id = created["id"]
     else:
         trunk_id = trunk.id
+    menu_id = await _ensure_menu(platform, tenant, groups)
     if did is None:
         await pbx.create_number(
             system,
             NumberCreate(
                 number=DEMO_DID,
                 trunk_id=trunk_id,
-                route_kind="group",
-                route_target=groups["Sales"],
+                route_kind="scenario",
+                route_target=menu_id,
                 description="Demo line",
             ),
         )
+    elif did.route_kind != "scenario" or did.route_target != menu_id:
+        await pbx.update_number(
+            system, did.id, NumberUpdate(route_kind="scenario", route_target=menu_id)
+        )
+
+
+DEMO_MENU_TEXT = (
+    "Thank you for calling Pomelo. For sales, press 1. For support, press 2. Or stay on the line."
+)
+
+
+async def _ensure_menu(platform: Platform, tenant: Tenant, groups: dict[str, str]) -> str:
+    """The demo contract's IVR: 1 → Sales, 2 → Support, no input → Sales."""
+    definition = {
+        "type": "menu",
+        "prompt": {"text": DEMO_MENU_TEXT, "lang": "en"},
+        "options": {"1": {"group": groups["Sales"]}, "2": {"group": groups["Support"]}},
+        "default": {"group": groups["Sales"]},
+        "timeout": 4,
+        "retries": 0,
+    }
+    async with platform.db.session() as session, session.begin():
+        scenario = await session.scalar(
+            select(Scenario).where(Scenario.tenant_id == tenant.id, Scenario.name == "Demo menu")
+        )
+        if scenario is None:
+            scenario = Scenario(tenant_id=tenant.id, name="Demo menu", definition=definition)
+            session.add(scenario)
+        elif scenario.definition != definition:
+            scenario.definition = definition
+            scenario.version += 1
+        await session.flush()
+        return scenario.id
 
 
 async def _ensure_groups(platform: Platform, tenant: Tenant, system: Actor) -> dict[str, str]:

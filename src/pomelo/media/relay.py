@@ -111,7 +111,17 @@ class Playback:
     ``done`` resolves when the audio ends (never for a loop) or the playback is stopped.
     """
 
-    __slots__ = ("_encoded", "_loop", "_offset", "_token", "clock", "done", "recorder", "session")
+    __slots__ = (
+        "_encoded",
+        "_loop",
+        "_offset",
+        "_token",
+        "clock",
+        "done",
+        "pcm",
+        "recorder",
+        "session",
+    )
 
     def __init__(
         self,
@@ -127,12 +137,17 @@ class Playback:
         pad = (-len(pcm)) % FRAME_SAMPLES
         if pad:
             pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
+        self.pcm = pcm
         self._encoded = session.codec.encode(pcm) if len(pcm) else b""
         self._offset = 0
         self._loop = loop
         self.recorder = recorder
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._token: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 8000
 
     def start(self) -> Playback:
         if not self._encoded:

@@ -79,8 +79,8 @@ class CallMedia:
         direction = learn_answer(s, body)
         out = answer_for(d, prefer=s.session.codec, direction=direction)
         self.link(src, dst)
-        self._watch(src)
-        self._watch(dst)
+        self.watch(src)
+        self.watch(dst)
         return out
 
     def answer_locally(self, leg: CallLeg) -> bytes:
@@ -89,7 +89,7 @@ class CallMedia:
         if media is None:
             raise MediaError("no media session for this leg")
         out = answer_for(media)
-        self._watch(leg)
+        self.watch(leg)
         return out
 
     def link(self, x: CallLeg, y: CallLeg) -> None:
@@ -122,7 +122,7 @@ class CallMedia:
             return call.winner
         return call.a
 
-    def _watch(self, leg: CallLeg) -> None:
+    def watch(self, leg: CallLeg) -> None:
         engine, media = self.engine, media_of(leg)
         if engine is None or media is None:
             return

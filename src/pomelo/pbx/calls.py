@@ -30,10 +30,12 @@ from pomelo.core.clock import Clock
 from pomelo.core.events import Audience, DomainEvent
 from pomelo.core.ids import new_id
 from pomelo.pbx import call_events as ev
+from pomelo.pbx.anchor import learn_answer, media_of
 from pomelo.pbx.call_media import CallMedia, MediaError
 from pomelo.pbx.cdr import CallAudience, CallRecorder, call_record
 from pomelo.pbx.cdr_models import CallRecord
 from pomelo.pbx.dialer import ALLOW, Dialer
+from pomelo.pbx.ivr import Ivr, MenuPlan
 from pomelo.pbx.legs import CALL_TRANSITIONS as _CALL_TABLE
 from pomelo.pbx.legs import (
     RING_TIMEOUT,
@@ -81,6 +83,7 @@ from pomelo.sip.uri import NameAddr, SipUri
 
 if TYPE_CHECKING:
     from pomelo.media.engine import MediaEngine
+    from pomelo.media.tts import TextToSpeech
     from pomelo.pbx.server import SipServer
 
 __all__ = ["Call", "CallService", "CallSettings", "TrunkPassword"]
@@ -122,9 +125,11 @@ class CallService:
         scheduler: Scheduler | None = None,
         trunk_password: TrunkPassword | None = None,
         media: MediaEngine | None = None,
+        tts: TextToSpeech | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.media = media
+        self.tts = tts
         self.router = router
         self.location = location
         self.recorder = recorder
@@ -270,6 +275,7 @@ class Call:
         "ended_at",
         "hangup",
         "id",
+        "ivr",
         "legs",
         "media",
         "mid",
@@ -310,6 +316,7 @@ class Call:
         self.mid = MidCall(self)
         self.dialer = Dialer(self)
         self.media = CallMedia(self, service.media)
+        self.ivr: Ivr | None = None
         self.setup_key = (request.call_id, request.from_.tag or "")
         self.legs: list[CallLeg] = []
         self.a = self._caller_leg(tx, origin)
@@ -351,6 +358,8 @@ class Call:
                 await self._apply(handler, args)
         finally:
             self._stop_timers()
+            if self.ivr is not None:
+                self.ivr.stop()
             self.media.close()
             self.service.forget(self)
 
@@ -402,6 +411,9 @@ class Call:
             return  # cancelled while routing
         if not await self._open_caller_media():
             return
+        if decision.menu is not None:
+            await self._run_menu(decision.menu)
+            return
         if decision.outbound is not None:
             await self.dialer.dial_trunk(decision.outbound)
         else:
@@ -423,9 +435,87 @@ class Call:
 
     async def on_media_timeout(self, leg: CallLeg) -> None:
         """The leg's peer stopped sending RTP: it is gone (the CDR says rtp-timeout)."""
-        if self.state is CallState.ANSWERED and leg.confirmed:
-            log.info("call %s: no RTP from %s, hanging up", self.id, leg.side)
+        if not leg.confirmed:
+            return
+        log.info("call %s: no RTP from %s, hanging up", self.id, leg.side)
+        if self.state is CallState.ANSWERED:
             await self._hang_up(None, "system", "rtp-timeout")
+        elif leg is self.a and self.deciding:
+            await self.give_up("rtp-timeout", disposition="failed", side="system")
+
+    # -- the PBX answers first: menus ---------------------------------------------------
+
+    async def _run_menu(self, plan: MenuPlan) -> None:
+        a = self.a
+        if a.tx is None:
+            return
+        try:
+            body = self.media.answer_locally(a)
+        except MediaError as exc:
+            log.info("call %s: %s", self.id, exc)
+            self._fail_caller(488, None, "incompatible-media")
+            return
+        headers = [("Allow", ALLOW), ("Content-Type", "application/sdp")]
+        sent = a.tx.reply(200, body=body, headers=headers, contact=a.local_contact)
+        if sent is None:
+            return
+        a.fire(LegEvent.ANSWERED)
+        a.dialog = Dialog.from_uas(a.invite_request, sent)
+        a.local_sdp = body
+        self.ivr = Ivr(self, plan)
+        await self.ivr.start(self.service.tts)
+
+    async def ring_group(self, group_id: str) -> None:
+        """After a menu choice: ring the group as if it had been dialled."""
+        if not self.deciding or not self.a.confirmed:
+            return
+        decision = await self.service.router.to_group(self.route, group_id)
+        if isinstance(decision, Refusal):
+            await self.give_up(decision.cause or "nobody-to-ring")
+            return
+        self.route = decision
+        self.audience.group_ids.add(group_id)
+        await self.dialer.ring(decision.accounts)
+        self._check_forks()
+
+    async def give_up(
+        self, cause: str, *, disposition: str = "missed", side: str = "system"
+    ) -> None:
+        """End a call the PBX answered itself (menu, queue) before any employee did."""
+        if not self.deciding:
+            return
+        if self.ivr is not None:
+            self.ivr.stop()
+        self._end(disposition, side, None, cause)
+        self._cancel_forks()
+        if self.a.confirmed:
+            await self._bye(self.a, cause)
+
+    async def _join_after_menu(self, b: CallLeg, response: SipResponse) -> None:
+        """An employee answered a call the PBX had answered already: join b to the
+        caller's session (no re-INVITE of the caller: his media never left the PBX)."""
+        b_media = media_of(b)
+        try:
+            if b_media is None or not response.body:
+                raise MediaError("the answer carries no SDP")
+            learn_answer(b_media, response.body)
+        except MediaError as exc:
+            log.info("call %s: callee's answer unusable: %s", self.id, exc)
+            await self._drop_late_answer_confirmed(b)
+            b.outcome = 488
+            self._check_forks()
+            return
+        if self.ivr is not None:
+            self.ivr.stop()
+        self.media.link(self.a, b)
+        await self._ack(b, b"")
+        b.session_expires, b.session_refresher = negotiate_uac(
+            response, self.service.settings.session_timers
+        )
+        self._link(self.a, b)
+        self._answered(b)
+        self.media.watch(b)
+        self.mid.arm_session(b)
 
     # -- responses to our INVITEs ---------------------------------------------------------
 
@@ -533,6 +623,9 @@ class Call:
 
     async def _answer_caller(self, b: CallLeg, response: SipResponse) -> None:
         a = self.a
+        if a.confirmed:
+            await self._join_after_menu(b, response)
+            return
         policy = self.service.settings.session_timers
         interval, we_refresh, timer_headers = negotiate_uas(a.invite_request, policy)
         headers = [
@@ -646,6 +739,12 @@ class Call:
         if a.ringing and a.tx is not None:
             a.tx.reply(status, reason)
             a.fire(LegEvent.REJECTED)
+        elif a.confirmed and self.deciding:  # the PBX had answered (menu): hang up on him
+            if self.ivr is not None:
+                self.ivr.stop()
+            self._end(disposition_for(status), side, status, cause)
+            self.post(self._bye, a, cause)
+            return
         self._end(disposition_for(status), side, status, cause)
 
     def _cancel_forks(self, except_leg: CallLeg | None = None) -> None:
@@ -685,7 +784,10 @@ class Call:
         """Our 2xx was never ACKed (§13.3.1.4) or could not be sent: the caller is gone."""
         a = self.a
         reason = "transport-error" if transport_error else "ack-timeout"
-        if a.confirmed:
+        if a.confirmed and self.deciding:
+            a.fire(LegEvent.FAILED)
+            await self.give_up(reason, disposition="failed")
+        elif a.confirmed:
             a.fire(LegEvent.FAILED)
             await self._hang_up(a, "system", reason)
         elif a.ringing:
@@ -755,7 +857,9 @@ class Call:
         if status is not None:
             tx.reply(status, headers=[("Retry-After", "1")] if status == 500 else ())
             return
-        if request.method in ("INVITE", "UPDATE"):
+        if request.method == "INFO" and self.ivr is not None and self.ivr.listening:
+            await self.ivr.on_info(tx)
+        elif request.method in ("INVITE", "UPDATE"):
             await self.mid.on_offer(leg, tx)
         elif request.method == "REFER":
             await self._transfers().refer(leg, tx)
@@ -772,6 +876,9 @@ class Call:
             return
         leg.fire(LegEvent.BYE_RECEIVED)
         leg.cancel_timers()
+        if leg is self.a and self.deciding and state is LegState.CONFIRMED:
+            await self.give_up("bye", disposition="cancelled", side="caller")
+            return
         if leg is self.a and state is LegState.EARLY:
             if self.a.tx is not None:
                 self.a.tx.reply(487)

@@ -204,4 +204,5 @@ def call_record(call: Call) -> CallRecord:
         callee_account_id=callee.id if callee else None,
         callee_user_id=(callee.user_id if callee else None) or route.callee_user_id,
         trunk_id=route.trunk.id if route.trunk else None,
+        group_id=route.group_id,
     )

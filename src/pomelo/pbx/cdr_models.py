@@ -44,3 +44,5 @@ class CallRecord(IdMixin, TenantMixin, Base):
     callee_account_id: Mapped[str | None] = mapped_column(String(32), default=None)
     callee_user_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     trunk_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    group_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    """The group the call was offered to (dialled directly or chosen in a menu)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -89,3 +90,17 @@ class Registration(IdMixin, TenantMixin, Base):
     q: Mapped[str | None] = mapped_column(String(8), default=None)
     reachable: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Scenario(IdMixin, TenantMixin, Base):
+    """What a number does with a call before an employee takes it (a number whose route is
+    ``scenario`` points here). The definition is JSON, validated by :mod:`pomelo.pbx.ivr`;
+    today it is a voice menu, the scenario graph of the routing issue grows out of it."""
+
+    __tablename__ = "scenarios"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,18 +17,20 @@ the :class:`ConfigView` protocol, so tests can hand in a small fake).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import phonenumbers
 from sqlalchemy import select
 
 from pomelo.auth.models import GroupMember
-from pomelo.pbx.models import SipAccount
+from pomelo.pbx.ivr import ScenarioError, parse_menu
+from pomelo.pbx.models import Scenario, SipAccount
 from pomelo.pbx.sipcache import AccountInfo, NumberInfo, TenantInfo, TrunkInfo
 from pomelo.sip.digest import (
     DigestAlgorithm,
@@ -57,6 +59,8 @@ __all__ = [
     "normalize_dialled",
     "provisional_route",
 ]
+
+log = logging.getLogger(__name__)
 
 _VISUAL = re.compile(r"[\s\-.()]")
 _OUTSIDE = re.compile(r"\+[0-9]{3,20}|[0-9]{9,20}")
@@ -95,6 +99,8 @@ class CallDirectory(Protocol):
         self, tenant_id: str, user_ids: Iterable[str]
     ) -> dict[str, frozenset[str]]: ...
 
+    async def scenario(self, tenant_id: str, scenario_id: str) -> dict[str, Any] | None: ...
+
 
 class DbCallDirectory:
     """:class:`CallDirectory` over the tables (one short read each, off the hot path)."""
@@ -110,6 +116,15 @@ class DbCallDirectory:
                 .order_by(SipAccount.extension)
             )
             return list(rows)
+
+    async def scenario(self, tenant_id: str, scenario_id: str) -> dict[str, Any] | None:
+        async with self._db.session() as session:
+            row = await session.scalar(
+                select(Scenario.definition).where(
+                    Scenario.tenant_id == tenant_id, Scenario.id == scenario_id
+                )
+            )
+            return dict(row) if row is not None else None
 
     async def accounts_of_group(self, tenant_id: str, group_id: str) -> list[str]:
         async with self._db.session() as session:
@@ -200,6 +215,8 @@ class Route:
     accounts: tuple[AccountInfo, ...] = ()
     """Ring every contact of each of these (parallel forking)."""
     outbound: OutboundTarget | None = None
+    menu: Any = None
+    """A :class:`~pomelo.pbx.ivr.MenuPlan` the PBX runs before anyone rings."""
 
 
 # -- numbers --------------------------------------------------------------------------------
@@ -438,11 +455,24 @@ class Router:
         if kind == "group" and target:
             ids = await self._directory.accounts_of_group(number.tenant_id, target)
             return self._to_accounts(replace(base, group_id=target), ids)
-        if kind == "scenario":
-            return Refusal(501, "Scenarios Not Implemented", cause="scenario")
+        if kind == "scenario" and target:
+            definition = await self._directory.scenario(number.tenant_id, target)
+            if definition is None:
+                return Refusal(404, cause="no-such-scenario")
+            try:
+                plan = parse_menu(definition)
+            except ScenarioError as exc:
+                log.error("number %s: scenario %s is invalid: %s", number.number, target, exc)
+                return Refusal(500, "Scenario Invalid", cause="scenario-invalid")
+            return replace(base, menu=plan)
         if kind == "hangup":
             return Refusal(480, cause="hangup-route")
         return Refusal(404, cause="no-route")
+
+    async def to_group(self, base: Route, group_id: str) -> Route | Refusal:
+        """``base`` sent on to a group's phones (after a menu choice)."""
+        ids = await self._directory.accounts_of_group(base.tenant_id, group_id)
+        return self._to_accounts(replace(base, group_id=group_id, menu=None), ids)
 
     def _to_accounts(self, base: Route, account_ids: Iterable[str]) -> Route | Refusal:
         accounts = [self._cache.account_by_id(i) for i in account_ids]

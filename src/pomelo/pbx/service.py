@@ -16,7 +16,7 @@ from pomelo.auth.permissions import Permission
 from pomelo.core.errors import InvalidInput
 from pomelo.core.secrets import SecretBox, strong_password
 from pomelo.pbx.events import PbxConfigChanged
-from pomelo.pbx.models import PhoneNumber, Registration, SipAccount, Trunk
+from pomelo.pbx.models import PhoneNumber, Registration, Scenario, SipAccount, Trunk
 from pomelo.pbx.schemas import (
     NumberCreate,
     NumberUpdate,
@@ -380,6 +380,11 @@ class PbxConfigService:
             "employee": (access_users(actor), User.id, "user"),
             "group": (select(Group).where(Group.tenant_id == actor.tenant_id), Group.id, "group"),
             "extension": (access_sip_accounts(actor), SipAccount.extension, "sip-account"),
+            "scenario": (
+                select(Scenario).where(Scenario.tenant_id == actor.tenant_id),
+                Scenario.id,
+                "scenario",
+            ),
         }
         if kind in lookups:
             stmt, column, what = lookups[kind]

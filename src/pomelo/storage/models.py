@@ -4,6 +4,7 @@ from pomelo.audit.models import AuditEntry
 from pomelo.auth.models import ApiKey, AuthSession, Group, GroupMember, Role, Tenant, User
 from pomelo.pbx.cdr_models import CallRecord
 from pomelo.pbx.models import PhoneNumber, Registration, SipAccount, Trunk
+from pomelo.recordings.models import Recording, RecordingParticipant
 from pomelo.storage.base import Base
 from pomelo.storage.eventlog import EventLogEntry
 
@@ -18,6 +19,8 @@ __all__ = [
     "Group",
     "GroupMember",
     "PhoneNumber",
+    "Recording",
+    "RecordingParticipant",
     "Registration",
     "Role",
     "SipAccount",

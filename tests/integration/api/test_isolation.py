@@ -40,6 +40,7 @@ def ids_of(t: TenantFixture) -> dict[str, str]:
         "account_id": t.account_id,
         "trunk_id": t.trunk_id,
         "number_id": t.number_id,
+        "recording_id": t.recording_id,
         "ip": "203.0.113.254",
     }
 

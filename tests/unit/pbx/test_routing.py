@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -126,6 +127,17 @@ class FakeCache:
         ]
 
 
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "s1": {
+        "type": "menu",
+        "prompt": {"text": "Press one", "lang": "en"},
+        "options": {"1": {"group": "g1"}},
+        "default": {"group": "g1"},
+    },
+    "bad": {"type": "menu", "options": {"1": {"group": "g1"}}},
+}
+
+
 class FakeDirectory:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -133,6 +145,9 @@ class FakeDirectory:
     async def accounts_of_user(self, tenant_id: str, user_id: str) -> list[str]:
         self.calls.append(("user", user_id))
         return [a.id for a in FakeCache().accounts.values() if a.user_id == user_id]
+
+    async def scenario(self, tenant_id: str, scenario_id: str) -> dict[str, Any] | None:
+        return SCENARIOS.get(scenario_id)
 
     async def accounts_of_group(self, tenant_id: str, group_id: str) -> list[str]:
         self.calls.append(("group", group_id))
@@ -356,11 +371,22 @@ async def test_did_to_employee_rings_his_extensions(router: Router) -> None:
 
 @pytest.mark.parametrize(
     ("did", "status"),
-    [("+74950000004", 480), ("+74950000005", 501), ("+74950000006", 480)],
+    [("+74950000004", 480), ("+74950000006", 480)],
 )
 async def test_did_refusals(router: Router, did: str, status: int) -> None:
     refused = await inbound(router, did)
     assert isinstance(refused, Refusal) and refused.status == status
+
+
+async def test_did_to_scenario_runs_its_menu_then_rings_the_chosen_group(router: Router) -> None:
+    route = await inbound(router, "+74950000005")
+    assert isinstance(route, Route)
+    assert route.menu is not None and route.menu.options == {"1": "g1"}
+    assert not route.accounts
+    chosen = await router.to_group(route, "g1")
+    assert isinstance(chosen, Route)
+    assert chosen.group_id == "g1" and chosen.menu is None
+    assert sorted(a.extension for a in chosen.accounts) == ["101", "102", "103"]
 
 
 @pytest.mark.parametrize(
