@@ -15,7 +15,13 @@ rtpengine, then straight to each other (the generator's own baseline at that loa
 packets/s, loss %, RFC 3550 jitter p99 (ms, across streams) through the relay and added by
 it (minus the baseline), rtpengine's CPU % of one core (all threads, /proc/<pid>/stat over
 the sending phase), and ``max_clean_calls``: the most calls with loss < 0.1 % and added
-jitter p99 < 5 ms.
+jitter p99 < 5 ms, the generator itself keeping time (send lag p99 < 2 ms). One call is
+two streams, so 1,000 calls are 100,000 packets/s into the relay and as many out.
+
+Both rtpengine and rtpload run SCHED_FIFO (``--rt-priority``, 20 by default, when
+allowed): on a shared machine, other work on the same CPU otherwise adds milliseconds of
+scheduling delay that would be charged to the relay. The kernel's RT throttling leaves 5 %
+of each CPU to everything else, so a saturated relay shows about 95 % CPU, not 100 %.
 
 Bounded: each rtpload run stops by itself (and is killed if it overruns), the ramp skips
 steps beyond a wall-time budget and stops after two unclean steps in a row, and rtpengine
@@ -51,11 +57,12 @@ import rtp_load
 from rtp_load import Stream
 
 HOST = "127.0.0.1"
-STEPS = (100, 250, 500, 1000, 1500, 2000)
+STEPS = (100, 250, 500, 1000, 1250, 1500, 2000)
 QUICK_STEPS = (100, 500)
 RELAY_PORTS = (10000, 19999)  # rtpengine's RTP range; rtpload uses 20000 and up
 MAX_LOSS_PCT = 0.1
 MAX_ADDED_JITTER_MS = 5.0
+GENERATOR_MAX_LAG_MS = 2.0
 NG_WINDOW = 64  # ng requests in flight
 NG_RETRY_S = 0.5
 NG_TRIES = 6
@@ -409,6 +416,9 @@ def _figures(run: dict[str, Any]) -> dict[str, Any]:
         "reordered": run["reordered"],
         "send_lag_p99_ms": run["send_lag_ms"]["p99"],
         "rtpload_cpu_pct": run["cpu_pct"],
+        "udp_rcvbuf_errors": run.get("udp_rcvbuf_errors"),
+        # a generator running late measures itself, not the relay
+        "generator_ok": run["send_lag_ms"]["p99"] < GENERATOR_MAX_LAG_MS,
     }
 
 
@@ -421,7 +431,7 @@ def relay_step(
 ) -> dict[str, Any]:
     calls.grow(count)
     run = rtp_load.run_load(
-        calls.streams,
+        calls.streams[: 2 * count],  # the ramp may also go down: calls are only ever added
         args.seconds,
         target_pids=[process.pid],
         cpus=_cpus(args.tool_cpu),
@@ -438,7 +448,9 @@ def relay_step(
     else:
         step["added_jitter_p99_ms"] = step["jitter_p99_ms"]
     step["clean"] = (
-        step["loss_pct"] < MAX_LOSS_PCT and step["added_jitter_p99_ms"] < MAX_ADDED_JITTER_MS
+        step["loss_pct"] < MAX_LOSS_PCT
+        and step["added_jitter_p99_ms"] < MAX_ADDED_JITTER_MS
+        and step["generator_ok"]
     )
     return step
 
@@ -508,6 +520,7 @@ def bench_rtpengine(args: argparse.Namespace, steps: list[int]) -> dict[str, Any
     result["criteria"] = {
         "loss_pct_below": MAX_LOSS_PCT,
         "added_jitter_p99_ms_below": MAX_ADDED_JITTER_MS,
+        "generator_send_lag_p99_ms_below": GENERATOR_MAX_LAG_MS,
     }
     return result
 

@@ -110,6 +110,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def udp_drops() -> int | None:
+    """System-wide UDP datagrams dropped for a full receive buffer (other traffic included)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return None
+    udp = [fields for fields in lines if fields and fields[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return None
+    return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
 def _cpu_snapshot(pids: Iterable[int]) -> dict[int, float]:
     snapshot: dict[int, float] = {}
     for pid in pids:
@@ -168,6 +180,7 @@ def run_load(
     ``rt_priority`` > 0 runs it SCHED_FIFO at that priority when allowed.
     """
     binary = build_tool()
+    drops_before = udp_drops()
     command = [
         str(binary),
         "-d", f"{seconds:g}",
@@ -205,6 +218,9 @@ def run_load(
         raise RuntimeError(f"rtpload failed (exit {code}): {' | '.join(errors)[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     result["target_cpu_pct"] = _cpu_percent(phases, target_pids)
+    drops_after = udp_drops()
+    if drops_before is not None and drops_after is not None:
+        result["udp_rcvbuf_errors"] = drops_after - drops_before
     result["tool_rt_priority"] = rt_priority if rt_priority > 0 and rt_allowed() else 0
     if errors:
         result["tool_stderr"] = errors[:10]

@@ -105,6 +105,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "max_request_bytes": 65536,
         "sip_port": 0,
         "sip_qualify_seconds": 0,
+        # Clear of a demo running on the same machine (20000-29999) and of the ephemeral range.
+        "rtp_port_min": 30000,
+        "rtp_port_max": 31999,
         # Tests' own phones and SIPp run from 127.0.0.1: never rate-limit or ban it (the ban
         # tests attack from 127.0.0.2 and 127.0.0.3).
         "sip_exempt_networks": ("127.0.0.1/32",),

@@ -184,6 +184,9 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
     sip_cache.on_reload(trunk_registrations.reconcile)
     call_directory = DbCallDirectory(db)
     call_recorder = CallRecorder(uow, call_directory)
+    recordings = RecordingCatalog(
+        uow, settings.effective_recordings_dir, retention_days=settings.recording_retention_days
+    )
     media = MediaEngine(
         settings.effective_media_host,
         settings.rtp_port_min,
@@ -205,6 +208,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         trunk_password=lambda t: box.open(t.password_sealed) if t.password_sealed else None,
         media=media if settings.media_anchor else None,
         tts=TextToSpeech(settings.data_dir / "tts"),
+        recordings=recordings if settings.recordings_enabled else None,
     )
     calls.install(sip_server)
 
@@ -228,11 +232,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         media=media,
         hub=StreamHub(db, bus, default_sections(), settings.stream_queue_size),
         event_log=EventLogReader(db),
-        recordings=RecordingCatalog(
-            uow,
-            settings.effective_recordings_dir,
-            retention_days=settings.recording_retention_days,
-        ),
+        recordings=recordings,
         webrtc=WebRtcGateway(sip_cache, call_directory.accounts_of_user, media.open_session),
     )
 

@@ -16,8 +16,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
+from pomelo.media.recorder import RecordingResult, RecordingWriter, StereoRecorder
 from pomelo.media.session import PortPool, RtpSession
 
 __all__ = ["TICK", "MediaClock", "MediaEngine"]
@@ -84,10 +86,36 @@ class MediaClock:
         self._subscribers.clear()
 
 
+def raise_open_file_limit() -> None:
+    """Every call holds two RTP sockets and, when recorded, a file: the default soft limit of
+    1,024 descriptors would stop a busy node near 300 calls. Raise it to the hard limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
 class MediaEngine:
     """Opens sessions, runs the clock, and watches for silent peers."""
 
-    __slots__ = ("_watch", "_watchdog", "clock", "host", "pool", "rtp_timeout")
+    __slots__ = (
+        "_flusher",
+        "_recorders",
+        "_watch",
+        "_watchdog",
+        "_writer",
+        "clock",
+        "host",
+        "pool",
+        "rtp_timeout",
+    )
 
     def __init__(
         self, host: str, port_min: int, port_max: int, *, rtp_timeout: float = 60.0
@@ -98,6 +126,42 @@ class MediaEngine:
         self.rtp_timeout = rtp_timeout
         self._watch: dict[RtpSession, Callable[[], None]] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self._writer: RecordingWriter | None = None
+        self._recorders: set[StereoRecorder] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        raise_open_file_limit()
+
+    # -- recordings -----------------------------------------------------------------------
+
+    def start_recording(self, path: Path) -> StereoRecorder:
+        """A stereo recorder writing to ``path`` through the process's one writer thread;
+        flushed twice a second so memory stays bounded however long the call."""
+        if self._writer is None:
+            self._writer = RecordingWriter()
+        recorder = StereoRecorder(path, self._writer, start=time.monotonic())
+        self._recorders.add(recorder)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_recorders())
+        return recorder
+
+    def finish_recording(self, recorder: StereoRecorder) -> asyncio.Future[RecordingResult]:
+        self._recorders.discard(recorder)
+        return asyncio.wrap_future(recorder.close())
+
+    @property
+    def recording_count(self) -> int:
+        return len(self._recorders)
+
+    async def _flush_recorders(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for recorder in list(self._recorders):
+                try:
+                    recorder.flush(now)
+                except Exception:
+                    log.exception("recorder flush failed; dropping the recorder")
+                    self._recorders.discard(recorder)
 
     async def open_session(self) -> RtpSession:
         return await RtpSession.open(self.pool, self.host)
@@ -132,7 +196,13 @@ class MediaEngine:
 
     async def stop(self) -> None:
         self.clock.stop()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for task in (self._watchdog, self._flusher):
+            if task is not None:
+                task.cancel()
+        self._watchdog = self._flusher = None
         self._watch.clear()
+        for recorder in list(self._recorders):
+            self.finish_recording(recorder)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None

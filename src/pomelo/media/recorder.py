@@ -7,7 +7,8 @@ timestamp distance. Jitter therefore never smears audio, reordered packets fall 
 slots and a repeated packet overwrites itself. The arrival clock stays the referee: when a
 *newer* packet's RTP position and its arrival disagree by more than a second (the peer
 restarted, reused its SSRC, held with a frozen clock, or drifted), the source re-anchors;
-an *older* packet that far off is simply too late and is dropped.
+an *older* packet that far off, while the stream is flowing, is a straggler and is dropped
+(after a second of quiet it can only be a restart, so it re-anchors too).
 
 Each source writes into its own lane, and lanes of one channel are summed with saturation
 when emitted, so two simultaneous streams on a channel mix while a duplicate still only
@@ -31,7 +32,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Literal
+from typing import BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -410,7 +411,7 @@ class StereoRecorder:
         self,
         channel: int,
         payload: bytes,
-        codec: Literal["PCMU", "PCMA"],
+        codec: str,
         timestamp: int,
         ssrc: int,
         arrival: float,
@@ -419,6 +420,8 @@ class StereoRecorder:
         table = _CODEC_TABLES.get(codec)
         if table is None:
             raise ValueError(f"recorder takes PCMU or PCMA, not {codec!r}")
+        if self._rate != 8000:
+            raise ValueError(f"G.711 is 8 kHz; this recorder runs at {self._rate} Hz")
         located = self._locate(channel, len(payload), timestamp, ssrc, arrival)
         if located is not None:
             codes = np.frombuffer(payload, dtype=np.uint8)

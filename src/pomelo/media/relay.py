@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -166,7 +167,9 @@ class Playback:
         codec = session.codec
         session.send_payload(chunk, codec.payload_type, step=FRAME_SAMPLES)
         if self.recorder is not None:
-            self.recorder.add_g711(1, chunk, codec.name, session.timestamp, session.ssrc, now)
+            self.recorder.add_g711(
+                1, chunk, codec.name, session.timestamp, session.ssrc, time.monotonic()
+            )
         self._offset = end
         if self._offset >= len(self._encoded):
             if self._loop:

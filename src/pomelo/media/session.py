@@ -76,6 +76,9 @@ class MediaPortsExhausted(RuntimeError):
     """Every RTP port of the configured range is in use (or taken by another program)."""
 
 
+InboundTap = Callable[[bytes, str, int, int, float], None]
+"""``(payload, codec name, timestamp, ssrc, arrival)``."""
+
 PacketHandler = Callable[["RtpSession", bytes, int, int, int, float], None]
 """``(session, datagram, payload_type, timestamp, ssrc, arrival)`` for every accepted packet."""
 
@@ -144,6 +147,7 @@ class RtpSession(asyncio.DatagramProtocol):
         "counters",
         "dtmf_pt",
         "in_ssrc",
+        "inbound_tap",
         "last_received",
         "latched",
         "local_address",
@@ -178,6 +182,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.on_packet: PacketHandler | None = None
         self.on_pcm: Callable[[npt.NDArray[np.int16], int, float], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
+        self.inbound_tap: InboundTap | None = None
+        """Sees every audio payload that is *not* relayed (a recorder during a menu)."""
         self._dtmf_rx = DtmfReceiver()
         self._inband: DtmfDetector | None = None
         self.closed = False
@@ -188,7 +194,7 @@ class RtpSession(asyncio.DatagramProtocol):
     async def open(cls, pool: PortPool, host: str = "127.0.0.1") -> RtpSession:
         """Bind a session to the next free even port of ``pool``."""
         loop = asyncio.get_running_loop()
-        for _ in range(min(pool.available, 64) or 1):
+        for _ in range(pool.available or 1):
             port = pool.take()
             session = cls(pool)
             try:
@@ -278,6 +284,8 @@ class RtpSession(asyncio.DatagramProtocol):
         """Decode one accepted packet for the applications: audio to ``on_pcm``, key
         presses to ``on_dtmf``. Public so a relay tap can reuse it."""
         if pt == self.codec.payload_type:
+            if self.inbound_tap is not None:
+                self.inbound_tap(_payload(data), self.codec.name, ts, self.in_ssrc or 0, now)
             if self.on_pcm is None and self._inband is None:
                 return
             pcm = self.codec.decode(_payload(data))

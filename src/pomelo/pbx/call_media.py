@@ -9,7 +9,8 @@ no-op and SDP passes unchanged, as before anchoring.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pomelo.media.relay import Relay
 from pomelo.pbx.anchor import (
@@ -23,9 +24,11 @@ from pomelo.pbx.anchor import (
     offer_for,
     open_leg_media,
 )
+from pomelo.recordings.service import NewRecording
 
 if TYPE_CHECKING:
     from pomelo.media.engine import MediaEngine
+    from pomelo.media.recorder import RecordingResult, StereoRecorder
     from pomelo.pbx.calls import Call
     from pomelo.pbx.legs import CallLeg
 
@@ -37,12 +40,96 @@ _SENDING = ("sendrecv", "sendonly")
 
 
 class CallMedia:
-    __slots__ = ("call", "engine", "recorder")
+    __slots__ = ("call", "engine", "recorder", "recording_started")
 
     def __init__(self, call: Call, engine: MediaEngine | None) -> None:
         self.call = call
         self.engine = engine
-        self.recorder: Any = None
+        self.recorder: StereoRecorder | None = None
+        self.recording_started: datetime | None = None
+
+    # -- recording ------------------------------------------------------------------------
+
+    async def start_recording(self) -> None:
+        """Record the client's leg from now on (both directions, stereo)."""
+        call, engine = self.call, self.engine
+        catalog = call.service.recordings
+        if engine is None or catalog is None or self.recorder is not None:
+            return
+        try:
+            path = await catalog.allocate_path(call.route.tenant_id, call.id, call.started_at)
+        except (OSError, ValueError) as exc:
+            log.error("call %s: not recorded: %s", call.id, exc)
+            return
+        if self.recorder is not None or not call.live:
+            return
+        self.recorder = engine.start_recording(path)
+        self.recording_started = call.service.clock.now()
+        for leg in call.legs:
+            media = media_of(leg)
+            if media is not None and media.relay is not None:
+                self._attach(media.relay)
+        if call.ivr is not None and call.ivr.playback is not None:
+            call.ivr.playback.recorder = self.recorder
+        client = self.client_leg()
+        client_media = media_of(client) if client is not None else None
+        if client_media is not None:
+            recorder = self.recorder
+            client_media.session.inbound_tap = lambda payload, codec, ts, ssrc, now: (
+                recorder.add_g711(0, payload, codec, ts, ssrc, now)
+            )
+
+    def _attach(self, relay: Relay) -> None:
+        client = self.client_leg()
+        media = media_of(client) if client is not None else None
+        if media is not None and media.session in (relay.a, relay.b):
+            relay.client = media.session
+            relay.recorder = self.recorder
+        else:
+            relay.recorder = None
+
+    def _finish_recording(self) -> None:
+        recorder, engine, started = self.recorder, self.engine, self.recording_started
+        self.recorder = None
+        if recorder is None or engine is None or started is None:
+            return
+        call = self.call
+        service = call.service
+        route = call.route
+        winner = call.winner.account if call.winner is not None else None
+        users = (
+            route.caller.user_id if route.caller else None,
+            winner.user_id if winner is not None else None,
+            route.callee_user_id,
+        )
+        ended = service.clock.now()
+        done = engine.finish_recording(recorder)
+
+        async def catalogue() -> None:
+            result: RecordingResult = await done
+            if result.error is not None:
+                log.error("call %s: recording incomplete: %s", call.id, result.error)
+            if service.recordings is None or result.samples == 0:
+                return
+            await service.recordings.add(
+                NewRecording(
+                    tenant_id=route.tenant_id,
+                    call_id=call.id,
+                    path=result.path,
+                    started_at=started,
+                    ended_at=max(ended, started),
+                    duration_s=result.duration_s,
+                    size_bytes=result.size_bytes,
+                    sample_rate=8000,
+                    channels=2,
+                    from_number=route.from_number,
+                    to_number=route.to_number,
+                    group_id=route.group_id,
+                    user_ids=tuple(u for u in users if u),
+                )
+            )
+
+        service.background(catalogue())
 
     @property
     def anchored(self) -> bool:
@@ -108,10 +195,7 @@ class CallMedia:
                         lm.relay = None
                 media.relay = None
         relay = Relay(mx.session, my.session)
-        client = self.client_leg()
-        if client is y:
-            relay.client = my.session
-        relay.recorder = self.recorder if client in (x, y) else None
+        self._attach(relay)
         relay.start()
         mx.relay = my.relay = relay
 
@@ -136,5 +220,6 @@ class CallMedia:
         engine = self.engine
         if engine is None:
             return
+        self._finish_recording()
         for leg in self.call.legs:
             close_leg_media(engine, leg)

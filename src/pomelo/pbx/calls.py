@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from pomelo.media.engine import MediaEngine
     from pomelo.media.tts import TextToSpeech
     from pomelo.pbx.server import SipServer
+    from pomelo.recordings.service import RecordingCatalog
 
 __all__ = ["Call", "CallService", "CallSettings", "TrunkPassword"]
 
@@ -126,10 +127,13 @@ class CallService:
         trunk_password: TrunkPassword | None = None,
         media: MediaEngine | None = None,
         tts: TextToSpeech | None = None,
+        recordings: RecordingCatalog | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.media = media
         self.tts = tts
+        self.recordings = recordings
+        self._background: set[asyncio.Task[None]] = set()
         self.router = router
         self.location = location
         self.recorder = recorder
@@ -232,6 +236,18 @@ class CallService:
             if self.legs.get(leg.key) is leg and leg.call is call:
                 del self.legs[leg.key]
 
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work that outlives a call (cataloguing its recording), logging failures."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background call work failed", exc_info=task.exception())
+
+        task.add_done_callback(done)
+
     def contact_for(self, transport: Transport) -> NameAddr:
         host, port = transport.sent_by
         params: dict[str, str | None] = {}
@@ -249,6 +265,8 @@ class CallService:
             await asyncio.sleep(0.02)
         for call in list(self.calls.values()):
             call.task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         await self.recorder.drain()
 
 
@@ -462,6 +480,7 @@ class Call:
         a.fire(LegEvent.ANSWERED)
         a.dialog = Dialog.from_uas(a.invite_request, sent)
         a.local_sdp = body
+        await self.media.start_recording()
         self.ivr = Ivr(self, plan)
         await self.ivr.start(self.service.tts)
 
@@ -657,6 +676,7 @@ class Call:
         b.session_expires, b.session_refresher = negotiate_uac(response, policy)
         self._link(a, b)
         self._answered(b)
+        await self.media.start_recording()
         if a.invite_request.body:
             await self._ack(b, b"")
         else:

@@ -17,13 +17,14 @@ import enum
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from pomelo.media.dtmf import DtmfError
-from pomelo.media.session import RtpSession
+from pomelo.media.session import MediaPortsExhausted, RtpSession
 from pomelo.sip.dialog import Dialog, DialogError
 from pomelo.sip.digest import DigestError
 from pomelo.sip.message import SipRequest, SipResponse
@@ -41,6 +42,7 @@ from pomelo.webrtc.sipside import (
     answer_offer,
     authorization,
     build_offer,
+    reachable_host,
     read_answer,
 )
 
@@ -89,6 +91,7 @@ class BrowserCall:
     __slots__ = (
         "_ack",
         "_late_offer",
+        "_sdp",
         "_sdp_version",
         "_session_id",
         "dialog",
@@ -126,6 +129,7 @@ class BrowserCall:
         self._late_offer = False
         self._session_id = str(secrets.randbelow(10**9) + 1)
         self._sdp_version = 1
+        self._sdp: bytes | None = None
 
     @property
     def ended(self) -> bool:
@@ -153,7 +157,13 @@ class BrowserCall:
         if self.ended:
             return
         self.emit("answer", sdp=answer)
-        self.rtp = await gateway.open_rtp()
+        try:
+            self.rtp = await gateway.open_rtp()
+        except MediaPortsExhausted as exc:
+            log.error("webrtc call %s: %s", self.id, exc)
+            self.session.error("media-unavailable", "no RTP port is free on the server")
+            self.hangup("failed")
+            return
         self.rtp.on_pcm = self._from_sip
         self.rtp.on_dtmf = self._dtmf_from_sip
         if self.ended:
@@ -195,9 +205,7 @@ class BrowserCall:
         self.to = to
 
     async def _send_invite(self) -> None:
-        session, rtp = self.session, self.rtp
-        assert rtp is not None
-        host, port = rtp.local_address
+        session = self.session
         domain, account = session.domain, session.account
         tag = new_tag()
         self.invite = SipRequest(
@@ -212,7 +220,7 @@ class BrowserCall:
             call_id=f"{secrets.token_hex(12)}@pomelo-webrtc",
             cseq=1,
             contacts=[session.contact()],
-            body=build_offer(host, port, self._session_id),
+            body=self._our_offer(),
             headers=[_SDP, ("Allow", ALLOW), ("User-Agent", "Pomelo WebRTC gateway")],
         )
         self._track((self.invite.call_id, tag))
@@ -319,14 +327,12 @@ class BrowserCall:
         self.state = CallState.ANSWERING
 
     def _accept(self) -> None:
-        tx, rtp, invite = self.server_tx, self.rtp, self.invite
+        tx, invite = self.server_tx, self.invite
         assert tx is not None
-        assert rtp is not None
         assert invite is not None
-        host, port = rtp.local_address
         if invite.body:
             try:
-                body, self.media = answer_offer(invite.body, host, port, self._session_id)
+                body, self.media = self._our_answer(invite.body)
             except MediaMismatch as exc:
                 log.info("webrtc call %s: %s", self.id, exc)
                 self._refuse(488)
@@ -334,7 +340,7 @@ class BrowserCall:
                 return
         else:  # no offer (third-party call control): we offer, the ACK answers
             self._late_offer = True
-            body = build_offer(host, port, self._session_id)
+            body = self._our_offer()
         response = tx.reply(
             200, body=body, headers=[_SDP, ("Allow", ALLOW)], contact=self.session.contact()
         )
@@ -381,22 +387,20 @@ class BrowserCall:
 
     def _on_offer(self, tx: ServerTransaction) -> None:
         """re-INVITE/UPDATE: a session refresh, hold/resume, or media moving elsewhere."""
-        request, rtp = tx.request, self.rtp
+        request = tx.request
         contact = self.session.contact()
-        if rtp is None:
+        if self.rtp is None:
             tx.reply(491)
             return
-        host, port = rtp.local_address
         if not request.body:
             if request.method == "UPDATE":
                 tx.reply(200, contact=contact)
                 return
             self._late_offer = True
-            body = build_offer(host, port, self._session_id, self._sdp_version)
-            tx.reply(200, body=body, headers=[_SDP], contact=contact)
+            tx.reply(200, body=self._our_offer(), headers=[_SDP], contact=contact)
             return
         try:
-            body, media = answer_offer(request.body, host, port, self._session_id)
+            body, media = self._our_answer(request.body)
         except MediaMismatch:
             tx.reply(488)
             return
@@ -416,6 +420,30 @@ class BrowserCall:
             self._connect()
 
     # -- media ----------------------------------------------------------------------------
+
+    def _local(self) -> tuple[str, int]:
+        assert self.rtp is not None
+        host, port = self.rtp.local_address
+        return reachable_host(host), port
+
+    def _our_offer(self) -> bytes:
+        host, port = self._local()
+        return self._versioned(lambda v: build_offer(host, port, self._session_id, v))
+
+    def _our_answer(self, offer: bytes) -> tuple[bytes, SipMedia]:
+        host, port = self._local()
+        _, media = answer_offer(offer, host, port, self._session_id)
+        body = self._versioned(lambda v: answer_offer(offer, host, port, self._session_id, v)[0])
+        return body, media
+
+    def _versioned(self, build: Callable[[int], bytes]) -> bytes:
+        """RFC 3264 §8: the o= version grows exactly when what we describe changes."""
+        body = build(self._sdp_version)
+        if self._sdp is not None and _without_origin(body) != _without_origin(self._sdp):
+            self._sdp_version += 1
+            body = build(self._sdp_version)
+        self._sdp = body
+        return body
 
     def _connect(self) -> None:
         if self.rtp is not None and self.media is not None:
@@ -467,6 +495,10 @@ class BrowserCall:
             self.rtp.close()
         if self.peer is not None:
             self.session.gateway.spawn(self.peer.close())
+
+
+def _without_origin(sdp: bytes) -> list[bytes]:
+    return [line for line in sdp.splitlines() if not line.startswith(b"o=")]
 
 
 class CallError(Exception):

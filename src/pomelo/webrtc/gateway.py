@@ -33,7 +33,7 @@ from pomelo.sip.transaction import ClientTransaction, ResponseCallback, ServerTr
 from pomelo.sip.transport import Source, Target
 from pomelo.sip.uri import NameAddr, SipUri
 from pomelo.webrtc.call import ALLOW, BrowserCall, CallError, CallState
-from pomelo.webrtc.sipside import authorization
+from pomelo.webrtc.sipside import authorization, reachable_host
 
 __all__ = [
     "GatewayUnavailable",
@@ -103,7 +103,7 @@ class WebRtcGateway:
 
     async def start(self, pbx_host: str, pbx_port: int) -> None:
         """Open the UA's UDP socket next to the SIP server at ``pbx_host:pbx_port``."""
-        host = _reachable(pbx_host)
+        host = reachable_host(pbx_host)
         endpoint = SipEndpoint(self._on_request, on_ack=self._on_ack)
         transport = await endpoint.listen("UDP", self._host or host, 0)
         self.endpoint = endpoint
@@ -243,15 +243,6 @@ class WebRtcGateway:
         call = self.dialogs.get((request.call_id, request.to.tag or ""))
         if call is not None:
             call.on_ack(request)
-
-
-def _reachable(host: str) -> str:
-    """Where to send to reach a server bound to ``host`` from this machine."""
-    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached on loopback
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
 
 
 class PhoneSession:

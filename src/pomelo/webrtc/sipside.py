@@ -43,6 +43,7 @@ __all__ = [
     "answer_offer",
     "authorization",
     "build_offer",
+    "reachable_host",
     "read_answer",
 ]
 
@@ -112,7 +113,9 @@ def read_answer(body: bytes) -> SipMedia:
     raise MediaMismatch("no G.711 audio stream")
 
 
-def answer_offer(body: bytes, host: str, port: int, session_id: str) -> tuple[bytes, SipMedia]:
+def answer_offer(
+    body: bytes, host: str, port: int, session_id: str, version: int = 1
+) -> tuple[bytes, SipMedia]:
     """Our answer to the B2BUA's offer, and what it decided."""
     try:
         offer = parse_sdp(body)
@@ -121,13 +124,23 @@ def answer_offer(body: bytes, host: str, port: int, session_id: str) -> tuple[by
         )
     except (SipError, ValueError) as exc:
         raise MediaMismatch(f"unusable offer: {exc}") from exc
-    answer.origin.session_id = answer.origin.session_version = session_id
+    answer.origin.session_id = session_id
+    answer.origin.session_version = str(version)
     chosen = read_answer(answer.serialize())
     for media in offer.media:
         if media.media == "audio" and media.port != 0:
             remote = _address(offer, media)
             return answer.serialize(), SipMedia(remote, chosen.codec, chosen.dtmf_pt)
     raise MediaMismatch("no audio stream offered")
+
+
+def reachable_host(host: str) -> str:
+    """Where this machine reaches a socket bound to ``host`` (a wildcard is not an address)."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached on loopback
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
 
 
 def _address(sdp: SessionDescription, media: MediaDescription) -> tuple[str, int] | None:

@@ -282,6 +282,45 @@ async def test_baresip_hears_the_prompt_and_its_key_is_detected(
     record = await _last_record(server, tenant)
     assert record.group_id == tenant.group_ids[1]
     assert record.disposition == "answered"
+    # The call was recorded from the moment the PBX answered: client left, what the client
+    # heard (the prompt, then the employee) right.
+    left, right = await _recording_of(server, tenant, record.id)
+    assert _dominant_hz(left[8000:16000]) == pytest.approx(440, abs=20)
+    assert _best_correlation(right, rendered[: 8000 * 2]) > 0.6
+    assert _dominant_hz(right[-12000:-4000]) == pytest.approx(700, abs=20)
+
+
+async def _recording_of(
+    server: Server, tenant: TenantFixture, call_id: str
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    from sqlalchemy import select
+
+    from pomelo.recordings.models import Recording
+
+    platform = server.platform
+    for _ in range(100):
+        async with platform.db.session() as s:
+            row = await s.scalar(
+                select(Recording).where(
+                    Recording.tenant_id == tenant.id, Recording.call_id == call_id
+                )
+            )
+        if row is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the call was not recorded")
+    assert row.channels == 2 and row.sample_rate == 8000
+    with wave.open(str(platform.recordings.root / row.path)) as w:
+        assert w.getnchannels() == 2
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+    return data[:, 0].copy(), data[:, 1].copy()
+
+
+def _dominant_hz(audio: np.ndarray[Any, Any], rate: int = 8000) -> float:
+    assert np.abs(audio).mean() > 100, "silence"
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * rate / len(audio))
 
 
 def _heard(phone_dir: Path) -> np.ndarray[Any, Any]:
