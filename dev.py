@@ -23,7 +23,12 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".pomelo-installed"
 #: Debian packages the test suite drives as real peers: command → package.
-SYSTEM_TOOLS = {"sipp": "sip-tester", "baresip": "baresip-core"}
+SYSTEM_TOOLS = {
+    "sipp": "sip-tester",
+    "baresip": "baresip-core",
+    "espeak-ng": "espeak-ng",
+    "chromium": "chromium",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -470,7 +470,7 @@ def ramp(
         if time.monotonic() + planned_run_s(args) > deadline:
             log(f"budget of {args.budget:g}s reached: skipping {count} calls and above")
             break
-        step = run_step(count)
+        step = run_retrying(run_step, count, getattr(args, "retries", 0))
         results.append(step)
         log(json.dumps(step))
         unclean_in_a_row = 0 if step.get("clean", True) else unclean_in_a_row + 1
@@ -478,6 +478,21 @@ def ramp(
             log("two unclean steps in a row: stopping the ramp")
             break
     return results
+
+
+def run_retrying(
+    run_step: Callable[[int], dict[str, Any]], count: int, retries: int
+) -> dict[str, Any]:
+    """Run a step again while unclean, up to ``retries`` times: on a shared machine noise
+    only ever adds, so one clean run shows the relay can do it. ``tries`` says how many."""
+    step = run_step(count)
+    tries = 1
+    while not step.get("clean", True) and tries <= retries:
+        log(f"{count} calls unclean: trying again ({json.dumps(step)[:300]})")
+        step = run_step(count)
+        tries += 1
+    step["tries"] = tries
+    return step
 
 
 def bench_rtpengine(args: argparse.Namespace, steps: list[int]) -> dict[str, Any]:
@@ -552,6 +567,7 @@ def main() -> None:
     parser.add_argument("--steps", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=5.0, help="per step")
     parser.add_argument("--budget", type=float, default=240.0, help="wall seconds, ramp")
+    parser.add_argument("--retries", type=int, default=0, help="reruns of an unclean step")
     parser.add_argument("--relay-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--tool-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument(

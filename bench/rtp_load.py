@@ -218,6 +218,8 @@ def run_load(
         raise RuntimeError(f"rtpload failed (exit {code}): {' | '.join(errors)[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     result["target_cpu_pct"] = _cpu_percent(phases, target_pids)
+    if len(phases) >= 2:  # time.monotonic() bounds, for targets that sample their own lag
+        result["sending_monotonic"] = [phases[0][0], phases[-1][0]]
     drops_after = udp_drops()
     if drops_before is not None and drops_after is not None:
         result["udp_rcvbuf_errors"] = drops_after - drops_before

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pomelo import __version__
 from pomelo.api import audit as audit_api
+from pomelo.api import calls as calls_api
 from pomelo.api import directory as directory_api
 from pomelo.api import keys as keys_api
 from pomelo.api import pbx as pbx_api
@@ -315,6 +316,7 @@ def create_app(platform: Platform) -> FastAPI:
         directory_api.router,
         keys_api.router,
         pbx_api.router,
+        calls_api.router,
         phone_api.router,
         recordings_api.router,
         sip_security_api.router,

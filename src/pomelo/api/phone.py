@@ -14,8 +14,8 @@ Protocol (JSON text frames):
 - client → `{"type": "hangup"}`, `{"type": "dtmf", "digit": "1"}`, `{"type": "ping"}`;
   server → `{"type": "dtmf", "digit": …}` for key presses from the far end.
 - `ended` carries `reason` (hangup, remote-hangup, busy, declined, cancelled, not-found,
-  unavailable, no-answer, incompatible, media-failed, bad-offer, page-closed, failed) and the
-  SIP `status` when one decided it. A message the server cannot honour gets
+  forbidden, unavailable, no-answer, incompatible, media-failed, bad-offer, page-closed,
+  failed) and the SIP `status` when one decided it. A message the server cannot honour gets
   `{"type": "error", "error_id": …, "detail": …}` and the connection stays up.
 Close codes: 4400 bad protocol, 4401 not authenticated, 4403 SIP registration refused,
 4404 the employee has no SIP account, 4503 telephony not running.

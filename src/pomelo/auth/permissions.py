@@ -21,6 +21,7 @@ class Permission(StrEnum):
     TENANT_MANAGE = "tenant.manage"
     EVENTS_VIEW = "events.view"
     CALLS_VIEW = "calls.view"
+    CALLS_SUPERVISE = "calls.supervise"
     RECORDINGS_LISTEN = "recordings.listen"
     RECORDINGS_DELETE = "recordings.delete"
     PBX_MANAGE = "pbx.manage"
@@ -77,6 +78,7 @@ BUILTIN_ROLES: dict[BuiltinRole, tuple[str, Scope, frozenset[Permission]]] = {
                 P.GROUPS_VIEW,
                 P.EVENTS_VIEW,
                 P.CALLS_VIEW,
+                P.CALLS_SUPERVISE,
                 P.RECORDINGS_LISTEN,
                 P.ANALYTICS_VIEW,
             }
@@ -92,7 +94,11 @@ BUILTIN_ROLES: dict[BuiltinRole, tuple[str, Scope, frozenset[Permission]]] = {
         Scope.ALL,
         frozenset({P.BILLING_VIEW, P.BILLING_MANAGE}),
     ),
-    BuiltinRole.COMPANY_HEAD: ("Company head", Scope.ALL, _VIEW_EVERYTHING),
+    BuiltinRole.COMPANY_HEAD: (
+        "Company head",
+        Scope.ALL,
+        _VIEW_EVERYTHING | {P.CALLS_SUPERVISE},
+    ),
     BuiltinRole.ADMINISTRATOR: ("Administrator", Scope.ALL, frozenset(Permission)),
 }
 

@@ -124,7 +124,8 @@ class MediaEngine:
         self.pool = PortPool(port_min, port_max)
         self.clock = MediaClock()
         self.rtp_timeout = rtp_timeout
-        self._watch: dict[RtpSession, Callable[[], None]] = {}
+        self._watch: dict[RtpSession, tuple[Callable[[], None], float]] = {}
+        """Per session: the callback and when the watch began."""
         self._watchdog: asyncio.Task[None] | None = None
         self._writer: RecordingWriter | None = None
         self._recorders: set[StereoRecorder] = set()
@@ -168,12 +169,14 @@ class MediaEngine:
 
     def watch(self, session: RtpSession, on_timeout: Callable[[], None]) -> None:
         """Report (once) when ``session`` has received nothing for ``rtp_timeout`` seconds.
-        The count starts now, so a peer that never sends at all is caught too."""
+        The count starts now, so a peer that never sends at all is caught too, and a call
+        resuming after a long hold (unwatched meanwhile) is not hung up for that silence.
+        Watching a watched session again keeps its count going."""
         if self.rtp_timeout <= 0:
             return
-        if session.last_received == 0.0:
-            session.last_received = time.monotonic()
-        self._watch[session] = on_timeout
+        previous = self._watch.get(session)
+        since = previous[1] if previous is not None else time.monotonic()
+        self._watch[session] = (on_timeout, since)
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._run_watchdog())
 
@@ -188,9 +191,13 @@ class MediaEngine:
 
     def check_timeouts(self, now: float) -> None:
         deadline = now - self.rtp_timeout
-        expired = [s for s in self._watch if s.last_received < deadline or s.closed]
+        expired = [
+            s
+            for s, (_, since) in self._watch.items()
+            if max(s.last_received, since) < deadline or s.closed
+        ]
         for session in expired:
-            callback = self._watch.pop(session)
+            callback, _ = self._watch.pop(session)
             if not session.closed:
                 callback()
 

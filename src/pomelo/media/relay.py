@@ -69,22 +69,23 @@ class Relay:
         src_codec = src.codec
         if pt == src_codec.payload_type:
             dst_codec = dst.codec
+            sent = data  # in the source's law: what the recording must decode as such
             if dst_codec.name != src_codec.name:
                 data = _transcode(data, dst_codec.payload_type, dst_codec.name == "PCMA")
             elif dst_codec.payload_type != pt:
                 data = data[:1] + _B1.pack((data[1] & 0x80) | dst_codec.payload_type) + data[2:]
-            dst.send_raw(data)
+            dst.send_relayed(data)
             recorder = self.recorder
             if recorder is not None:
                 if src is self.client:
-                    recorder.add_g711(0, _payload(data), src_codec.name, ts, ssrc, now)
+                    recorder.add_g711(0, _payload(sent), src_codec.name, ts, ssrc, now)
                 else:
                     recorder.add_g711(1, _payload(data), dst.codec.name, ts, ssrc, now)
         elif pt == src.dtmf_pt:
             if dst.dtmf_pt is not None:
                 if dst.dtmf_pt != pt:
                     data = data[:1] + _B1.pack((data[1] & 0x80) | dst.dtmf_pt) + data[2:]
-                dst.send_raw(data)
+                dst.send_relayed(data)
             src.deliver(data, pt, ts, now)
         else:
             self.dropped += 1
@@ -93,10 +94,13 @@ class Relay:
 def _transcode(data: bytes, dst_pt: int, to_alaw: bool) -> bytes:
     table = _ULAW_TO_ALAW if to_alaw else _ALAW_TO_ULAW
     offset = 12 + 4 * (data[0] & 0x0F)
-    if data[0] & 0x30:  # extension or padding: take the slow, careful path
+    if data[0] & 0x30:  # extension or padding: dropped (with their flags), CSRCs kept
         payload = _payload(data)
         return (
-            data[:1] + _B1.pack((data[1] & 0x80) | dst_pt) + data[2:12] + payload.translate(table)
+            _B1.pack(data[0] & 0xCF)
+            + _B1.pack((data[1] & 0x80) | dst_pt)
+            + data[2:offset]
+            + payload.translate(table)
         )
     return (
         data[:1]

@@ -49,9 +49,13 @@ FRAME_SAMPLES: Final = 160
 """20 ms at 8 kHz: the packetisation every G.711 phone defaults to."""
 
 _HEADER = struct.Struct("!BBHII")
+_SEQ_TS_SSRC = struct.Struct("!HII")
 _SILENCE_ULAW: Final = b"\xff" * FRAME_SAMPLES
 _SSRC_SWITCH_QUIET: Final = 0.5
 """Seconds the current source must have been silent before a new SSRC may take over."""
+_MAX_DATAGRAM: Final = 1500
+"""G.711 at the longest packet time phones use (150 ms) fits; anything bigger is an attack or
+a broken sender, and would put seconds of noise into a recording in one packet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,9 @@ class RtpSession(asyncio.DatagramProtocol):
         "_dtmf_rx",
         "_inband",
         "_last_ts_step",
+        "_relay_offsets",
+        "_relay_source",
+        "_sdp_remote",
         "closed",
         "codec",
         "counters",
@@ -168,6 +175,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.local_address: tuple[str, int] = ("", 0)
         self.remote: tuple[str, int] | None = None
+        self._sdp_remote: tuple[str, int] | None = None
         self.latched = False
         self.codec: Codec = PCMU
         self.dtmf_pt: int | None = 101
@@ -175,6 +183,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.seq = random.getrandbits(16)
         self.timestamp = random.getrandbits(32)
         self._last_ts_step = 0
+        self._relay_source: int | None = None
+        self._relay_offsets = (0, 0)
         self.in_ssrc: int | None = None
         self.last_received = 0.0
         self.counters = SessionCounters()
@@ -232,10 +242,14 @@ class RtpSession(asyncio.DatagramProtocol):
         self, remote: tuple[str, int] | None, codec: Codec, dtmf_pt: int | None = 101
     ) -> None:
         """Apply what the leg's SDP negotiated. A new address from the peer (a re-INVITE
-        moving the media) unlatches, so the new stream is accepted."""
-        if remote != self.remote:
-            self.remote = remote
+        moving the media) unlatches, so the new stream — new SSRC too — is accepted at once.
+        The same SDP address again (a refresh, hold, resume) keeps the latch: behind NAT
+        the SDP address is a private one we could not send to."""
+        if remote != self._sdp_remote:
+            self._sdp_remote = self.remote = remote
             self.latched = False
+            if remote is not None:
+                self.in_ssrc = None
         self.codec = codec
         self.dtmf_pt = dtmf_pt
 
@@ -247,7 +261,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         counters = self.counters
-        if len(data) < 12 or data[0] >> 6 != 2:
+        if not 12 <= len(data) <= _MAX_DATAGRAM or data[0] >> 6 != 2:
             counters.malformed += 1
             return
         source = (addr[0], addr[1])
@@ -317,8 +331,34 @@ class RtpSession(asyncio.DatagramProtocol):
         transport.sendto(data, remote)
         self.counters.sent += 1
 
+    def send_relayed(self, data: bytes) -> None:
+        """Send another leg's packet as part of *our* stream: its SSRC becomes ours and its
+        sequence numbers and timestamps are shifted onto our numbering. The gaps and order
+        of the source are kept (the far end still sees loss and reordering as they are),
+        but a change of source — the relay after a prompt, the other phone after a transfer,
+        the relay after a conference — is not a jump the phone's jitter buffer must cope
+        with: some phones (baresip among them) go silent on such a jump."""
+        _b0, _b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+        if ssrc != self._relay_source:
+            self._relay_source = ssrc
+            step = self._last_ts_step or FRAME_SAMPLES
+            self._relay_offsets = (
+                (self.seq + 1 - seq) & 0xFFFF,
+                (self.timestamp + step - ts) & 0xFFFFFFFF,
+            )
+        seq_offset, ts_offset = self._relay_offsets
+        out_seq = (seq + seq_offset) & 0xFFFF
+        out_ts = (ts + ts_offset) & 0xFFFFFFFF
+        packet = bytearray(data)
+        _SEQ_TS_SSRC.pack_into(packet, 2, out_seq, out_ts, self.ssrc)
+        if (out_seq - self.seq) & 0xFFFF < 0x8000:  # newest so far: our stream continues here
+            self.seq, self.timestamp = out_seq, out_ts
+            self._last_ts_step = FRAME_SAMPLES
+        self.send_raw(bytes(packet))
+
     def send_payload(self, payload: bytes, pt: int, *, step: int, marker: bool = False) -> None:
         """Send a packet of our own stream (SSRC, sequence and timestamp are ours)."""
+        self._relay_source = None  # relaying resumes on fresh offsets after our packets
         self.seq = (self.seq + 1) & 0xFFFF
         self.timestamp = (self.timestamp + self._last_ts_step) & 0xFFFFFFFF
         self._last_ts_step = step
@@ -342,6 +382,7 @@ class RtpSession(asyncio.DatagramProtocol):
         its duration field, which is what receivers go by)."""
         if self.dtmf_pt is None:
             raise DtmfError("the peer did not negotiate telephone-event")
+        self._relay_source = None
         self.timestamp = (self.timestamp + self._last_ts_step) & 0xFFFFFFFF
         self._last_ts_step = 0
         start = self.timestamp

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pomelo.core.clock import Clock
 from pomelo.core.events import Audience, DomainEvent
 from pomelo.core.ids import new_id
+from pomelo.media.mixer import SupervisorMode
 from pomelo.pbx import call_events as ev
 from pomelo.pbx.anchor import learn_answer, media_of
 from pomelo.pbx.call_media import CallMedia, MediaError
@@ -67,6 +68,7 @@ from pomelo.pbx.session_timer import (
     too_small,
 )
 from pomelo.pbx.sipcache import AccountInfo, TrunkInfo
+from pomelo.pbx.supervision import Supervision, SupervisionError
 from pomelo.sip.dialog import Dialog, DialogError
 from pomelo.sip.endpoint import SipEndpoint
 from pomelo.sip.errors import SipParseError
@@ -236,6 +238,21 @@ class CallService:
             if self.legs.get(leg.key) is leg and leg.call is call:
                 del self.legs[leg.key]
 
+    def live_call(self, tenant_id: str, call_id: str) -> Call | None:
+        call = self.calls.get(call_id)
+        if call is None or call.route.tenant_id != tenant_id or not call.live:
+            return None
+        return call
+
+    async def supervise(self, call: Call, user_id: str, mode: SupervisorMode | None) -> str:
+        """Ask ``call``'s task to call the supervisor in (``mode``) or out (None)."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if mode is None:
+            call.post(call.end_supervision, done)
+        else:
+            call.post(call.supervise, user_id, mode, done)
+        return await asyncio.wait_for(done, 10)
+
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work that outlives a call (cataloguing its recording), logging failures."""
         task = asyncio.get_running_loop().create_task(work)
@@ -306,6 +323,7 @@ class Call:
         "setup_key",
         "started_at",
         "state",
+        "supervision",
         "task",
         "timer",
         "transfers",
@@ -335,6 +353,7 @@ class Call:
         self.dialer = Dialer(self)
         self.media = CallMedia(self, service.media)
         self.ivr: Ivr | None = None
+        self.supervision: Supervision | None = None
         self.setup_key = (request.call_id, request.from_.tag or "")
         self.legs: list[CallLeg] = []
         self.a = self._caller_leg(tx, origin)
@@ -378,6 +397,8 @@ class Call:
             self._stop_timers()
             if self.ivr is not None:
                 self.ivr.stop()
+            if self.supervision is not None:
+                self.supervision.stop()
             self.media.close()
             self.service.forget(self)
 
@@ -510,6 +531,45 @@ class Call:
         if self.a.confirmed:
             await self._bye(self.a, cause)
 
+    # -- supervision ----------------------------------------------------------------------
+
+    async def supervise(
+        self, user_id: str, mode: SupervisorMode, done: asyncio.Future[str]
+    ) -> None:
+        """Call the supervisor in (or change the mode of the one already there)."""
+        try:
+            if self.state is not CallState.ANSWERED:
+                raise SupervisionError("call-not-answered", "only answered calls can be supervised")
+            current = self.supervision
+            if current is not None:
+                current.set_mode(mode)
+                done.set_result(current.phase.value)
+                return
+            self.supervision = Supervision(self, user_id, mode)
+            await self.supervision.start()
+            done.set_result(self.supervision.phase.value)
+        except SupervisionError as exc:
+            if not done.done():
+                done.set_exception(exc)
+
+    async def end_supervision(self, done: asyncio.Future[str]) -> None:
+        supervision = self.supervision
+        if supervision is None:
+            done.set_exception(SupervisionError("not-supervised", "nobody supervises this call"))
+            return
+        for leg in list(self.legs):
+            if leg.side == "supervisor":
+                if leg.confirmed:
+                    await self._bye(leg)
+                elif leg.ringing:
+                    self._cancel_fork(leg)
+        supervision.left(None)
+        done.set_result("ended")
+
+    def _supervisor_gone(self, leg: CallLeg) -> None:
+        if self.supervision is not None:
+            self.supervision.left(leg)
+
     async def _join_after_menu(self, b: CallLeg, response: SipResponse) -> None:
         """An employee answered a call the PBX had answered already: join b to the
         caller's session (no re-INVITE of the caller: his media never left the PBX)."""
@@ -559,6 +619,8 @@ class Call:
         if not leg.ringing:
             return
         leg.fire(LegEvent.PROVISIONAL)
+        if leg.side == "supervisor":
+            return
         if leg.side == "transfer":
             self._transfers().progress(leg, response)
             return
@@ -616,6 +678,9 @@ class Call:
     async def _on_answer(self, leg: CallLeg, response: SipResponse) -> None:
         if leg.dialog is not None or leg.state is LegState.ENDED:
             self._resend_ack(leg)  # a retransmitted 2xx
+            return
+        if leg.side == "supervisor" and leg.ringing and self.supervision is not None:
+            await self.supervision.answered(leg, response)
             return
         if leg.state is LegState.TERMINATING or not self.deciding or leg.side == "transfer":
             if leg.side == "transfer" and leg.ringing:
@@ -725,6 +790,9 @@ class Call:
         if leg.side == "transfer":
             self._transfers().failed(leg, status)
             return
+        if leg.side == "supervisor":
+            self._supervisor_gone(leg)
+            return
         self._check_forks()
 
     def _on_ring_timeout(self, leg: CallLeg) -> None:
@@ -733,6 +801,9 @@ class Call:
             self._cancel_fork(leg, RING_TIMEOUT)
             if leg.side == "transfer":
                 self._transfers().failed(leg, 480)
+                return
+            if leg.side == "supervisor":
+                self._supervisor_gone(leg)
                 return
             self._check_forks()
 
@@ -910,6 +981,9 @@ class Call:
             self._check_forks()
             return
         if self.transfers is not None and self.transfers.leg_left(leg):
+            return
+        if leg.side == "supervisor":
+            self._supervisor_gone(leg)
             return
         await self._hang_up(leg, leg.side, "bye")
 

@@ -283,6 +283,14 @@ class Router:
         self._tracker = NonceTracker()
         self._challengers: dict[str, DigestChallenger] = {}
 
+    @property
+    def directory(self) -> CallDirectory:
+        return self._directory
+
+    @property
+    def cache(self) -> ConfigView:
+        return self._cache
+
     def tenant(self, tenant_id: str) -> TenantInfo | None:
         return self._cache.tenant(tenant_id)
 

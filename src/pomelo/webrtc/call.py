@@ -49,7 +49,7 @@ from pomelo.webrtc.sipside import (
 if TYPE_CHECKING:
     from pomelo.webrtc.gateway import PhoneSession
 
-__all__ = ["ALLOW", "BrowserCall", "CallState", "end_reason"]
+__all__ = ["ALLOW", "BrowserCall", "CallError", "CallState", "end_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +68,34 @@ class CallState(enum.Enum):
     ENDED = "ended"
 
 
+_REASONS: Final = {
+    403: "forbidden",
+    404: "not-found",
+    408: "no-answer",
+    480: "unavailable",
+    484: "not-found",
+    486: "busy",
+    487: "cancelled",
+    488: "incompatible",
+    600: "busy",
+    603: "declined",
+    604: "not-found",
+    606: "incompatible",
+}
+
+
 def end_reason(status: int) -> str:
     """What the page is told for a final SIP status that ended the call."""
-    if status in (486, 600):
-        return "busy"
-    if status in (603, 403):
-        return "declined" if status == 603 else "forbidden"
-    if status in (404, 484, 604):
-        return "not-found"
-    if status == 487:
-        return "cancelled"
-    if status == 488 or status == 606:
-        return "incompatible"
-    if status in (408, 480):
-        return "no-answer" if status == 408 else "unavailable"
-    return "failed"
+    return _REASONS.get(status, "failed")
+
+
+class CallError(Exception):
+    """A page request this call cannot honour; reported to the page, the call goes on."""
+
+    def __init__(self, error_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error_id = error_id
+        self.detail = detail
 
 
 class BrowserCall:
@@ -143,7 +156,7 @@ class BrowserCall:
     async def offer(self, sdp: str) -> None:
         """The page's WebRTC offer: answer it, then go on with the SIP side."""
         if self.peer is not None or self.state not in (CallState.NEW, CallState.ANSWERING):
-            raise CallError("unexpected-offer", "this call already has its media")
+            raise CallError("unexpected-offer", "one offer per call, after call or answer")
         gateway = self.session.gateway
         self.peer = BrowserPeer(
             self._to_sip, ice_servers=gateway.ice_servers, on_failed=self._media_failed
@@ -499,15 +512,3 @@ class BrowserCall:
 
 def _without_origin(sdp: bytes) -> list[bytes]:
     return [line for line in sdp.splitlines() if not line.startswith(b"o=")]
-
-
-class CallError(Exception):
-    """A page request this call cannot honour; reported to the page, the call goes on."""
-
-    def __init__(self, error_id: str, detail: str) -> None:
-        super().__init__(detail)
-        self.error_id = error_id
-        self.detail = detail
-
-
-__all__ += ["CallError"]

@@ -102,10 +102,15 @@ class WebRtcGateway:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self, pbx_host: str, pbx_port: int) -> None:
-        """Open the UA's UDP socket next to the SIP server at ``pbx_host:pbx_port``."""
+        """Open the UA's UDP socket for the SIP server at ``pbx_host:pbx_port``.
+
+        The UA binds loopback by default whatever address the server uses: the server is
+        in this process, and nothing outside the machine has any business with the UA.
+        """
         host = reachable_host(pbx_host)
+        own = self._host or ("::1" if ":" in host else "127.0.0.1")
         endpoint = SipEndpoint(self._on_request, on_ack=self._on_ack)
-        transport = await endpoint.listen("UDP", self._host or host, 0)
+        transport = await endpoint.listen("UDP", own, 0)
         self.endpoint = endpoint
         self.pbx = Target(transport, (host, pbx_port))
         log.info("WebRTC gateway UA on %s:%s", *transport.sent_by)

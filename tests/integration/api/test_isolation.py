@@ -41,6 +41,7 @@ def ids_of(t: TenantFixture) -> dict[str, str]:
         "trunk_id": t.trunk_id,
         "number_id": t.number_id,
         "recording_id": t.recording_id,
+        "call_id": "c0ffee00c0ffee00c0ffee00c0ffee00",
         "ip": "203.0.113.254",
     }
 

@@ -204,7 +204,7 @@ def test_codec_change_mid_stream_keeps_both_parts(tmp_path: Path, writer: Record
 def test_bad_arguments_are_refused(tmp_path: Path, writer: RecordingWriter) -> None:
     rec = StereoRecorder(tmp_path / "x.wav", writer, start=START)
     with pytest.raises(ValueError, match="PCMU or PCMA"):
-        rec.add_g711(0, b"\x00" * 160, "G729", 0, 1, START)  # type: ignore[arg-type]
+        rec.add_g711(0, b"\x00" * 160, "G729", 0, 1, START)
     with pytest.raises(ValueError, match="channel"):
         rec.add(2, voice(0.02), 0, 1, START)
 
