@@ -44,6 +44,7 @@ from pomelo.media.tts import TextToSpeech
 from pomelo.observability import Metrics
 from pomelo.pbx.calls import CallService, CallSettings
 from pomelo.pbx.cdr import CallRecorder
+from pomelo.pbx.media_metrics import MediaCollector
 from pomelo.pbx.registrar import RegistrarService
 from pomelo.pbx.routing import DbCallDirectory, Router
 from pomelo.pbx.security import SipSecurity, SipSecurityConfig
@@ -194,6 +195,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         settings.rtp_port_max,
         rtp_timeout=settings.rtp_timeout_seconds,
     )
+    metrics.registry.register(MediaCollector(media))
     calls = CallService(
         sip_server.endpoint,
         Router(

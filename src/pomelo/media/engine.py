@@ -102,6 +102,48 @@ def raise_open_file_limit() -> None:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
 
 
+class MediaTotals:
+    """Counters of sessions that have closed, so metrics survive the sessions."""
+
+    __slots__ = ("counts", "jitter_ms", "streams")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "received",
+                "sent",
+                "malformed",
+                "foreign_source",
+                "foreign_ssrc",
+                "unknown_payload",
+                "lost",
+                "duplicates",
+            ),
+            0,
+        )
+        self.jitter_ms: list[float] = []
+        """Interarrival jitter of closed streams (bounded: the newest 10,000)."""
+        self.streams = 0
+
+    def add(self, session: RtpSession) -> None:
+        c = session.counters
+        counts = self.counts
+        counts["received"] += c.received
+        counts["sent"] += c.sent
+        counts["malformed"] += c.malformed
+        counts["foreign_source"] += c.foreign_source
+        counts["foreign_ssrc"] += c.foreign_ssrc
+        counts["unknown_payload"] += c.unknown_payload
+        stats = session.stats
+        if stats is not None and c.received:
+            counts["lost"] += max(stats.lost, 0)
+            counts["duplicates"] += stats.duplicates
+            self.jitter_ms.append(stats.jitter_ms)
+            if len(self.jitter_ms) > 10_000:
+                del self.jitter_ms[:1000]
+        self.streams += 1
+
+
 class MediaEngine:
     """Opens sessions, runs the clock, and watches for silent peers."""
 
@@ -115,6 +157,8 @@ class MediaEngine:
         "host",
         "pool",
         "rtp_timeout",
+        "sessions",
+        "totals",
     )
 
     def __init__(
@@ -124,6 +168,8 @@ class MediaEngine:
         self.pool = PortPool(port_min, port_max)
         self.clock = MediaClock()
         self.rtp_timeout = rtp_timeout
+        self.sessions: set[RtpSession] = set()
+        self.totals = MediaTotals()
         self._watch: dict[RtpSession, tuple[Callable[[], None], float]] = {}
         """Per session: the callback and when the watch began."""
         self._watchdog: asyncio.Task[None] | None = None
@@ -165,7 +211,15 @@ class MediaEngine:
                     self._recorders.discard(recorder)
 
     async def open_session(self) -> RtpSession:
-        return await RtpSession.open(self.pool, self.host)
+        session = await RtpSession.open(self.pool, self.host)
+        self.sessions.add(session)
+        session.on_close = self._closed
+        return session
+
+    def _closed(self, session: RtpSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.totals.add(session)
 
     def watch(self, session: RtpSession, on_timeout: Callable[[], None]) -> None:
         """Report (once) when ``session`` has received nothing for ``rtp_timeout`` seconds.

@@ -158,6 +158,7 @@ class RtpSession(asyncio.DatagramProtocol):
         "last_received",
         "latched",
         "local_address",
+        "on_close",
         "on_dtmf",
         "on_packet",
         "on_pcm",
@@ -193,6 +194,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self.on_pcm: Callable[[npt.NDArray[np.int16], int, float], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
         self.inbound_tap: InboundTap | None = None
+        self.on_close: Callable[[RtpSession], None] | None = None
         """Sees every audio payload that is *not* relayed (a recorder during a menu)."""
         self._dtmf_rx = DtmfReceiver()
         self._inband: DtmfDetector | None = None
@@ -225,6 +227,9 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         self.closed = True
         self.on_packet = self.on_pcm = self.on_dtmf = None
+        if self.on_close is not None:
+            self.on_close(self)
+            self.on_close = None
         if self.transport is not None:
             self.transport.close()
         if self.pool is not None:

@@ -109,6 +109,16 @@ async def test_two_baresip_phones_call_each_other(
     assert relayed > 100
     assert dominant_hz(heard_by(tmp_path / "a")) == pytest.approx(1000, abs=30)
     assert dominant_hz(heard_by(tmp_path / "b")) == pytest.approx(440, abs=30)
+    # …and the media plane's metrics saw it
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    received = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("pomelo_rtp_received_packets_total ")
+    ]
+    assert received and received[0] >= relayed
+    assert "pomelo_rtp_jitter_ms{quantile=\"0.99\"}" in text
     await server.platform.call_recorder.drain()
     async with server.platform.db.session() as s:
         records = list(
