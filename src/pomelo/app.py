@@ -15,7 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,12 +41,15 @@ from pomelo.auth.service import DirectoryService
 from pomelo.config import Settings
 from pomelo.core.bus import EventBus, MemoryEventBus
 from pomelo.core.clock import Clock, SystemClock
+from pomelo.core.errors import ConfigError
 from pomelo.core.secrets import SecretBox
 from pomelo.media.engine import MediaEngine
 from pomelo.media.tts import TextToSpeech
+from pomelo.media.wav import MediaFileError, read_prompt
 from pomelo.observability import Metrics
 from pomelo.pbx.calls import CallService, CallSettings
 from pomelo.pbx.cdr import CallRecorder
+from pomelo.pbx.ivr import hold_music
 from pomelo.pbx.media_metrics import MediaCollector
 from pomelo.pbx.registrar import RegistrarService
 from pomelo.pbx.routing import DbCallDirectory, Router
@@ -212,6 +218,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         media=media if settings.media_anchor else None,
         tts=TextToSpeech(settings.data_dir / "tts"),
         recordings=recordings if settings.recordings_enabled else None,
+        music_on_hold=load_music_on_hold(settings.music_on_hold_file),
     )
     calls.install(sip_server)
 
@@ -246,6 +253,16 @@ def sip_tls(settings: Settings) -> tuple[int, ssl.SSLContext] | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.sip_tls_cert, settings.sip_tls_key)
     return settings.sip_tls_port, context
+
+
+def load_music_on_hold(path: Path | None) -> npt.NDArray[np.int16]:
+    """The configured hold music, or the built-in tune; a bad file stops the start-up."""
+    if path is None:
+        return hold_music()
+    try:
+        return read_prompt(path)
+    except MediaFileError as exc:
+        raise ConfigError(f"music_on_hold_file: {exc}") from None
 
 
 def call_settings(settings: Settings) -> CallSettings:

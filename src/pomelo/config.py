@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     media_host: str = ""
     #: Seconds without RTP from an answered, not-on-hold leg before the call is hung up (0 = never).
     rtp_timeout_seconds: float = Field(60.0, ge=0)
+    #: WAV played to a caller put on hold (any PCM WAV; empty = a built-in tune).
+    music_on_hold_file: Path | None = None
     recordings_enabled: bool = True
     #: None: <data_dir>/recordings (see effective_recordings_dir).
     recordings_dir: Path | None = None

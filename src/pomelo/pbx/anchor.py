@@ -19,7 +19,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from pomelo.media.relay import Relay
+from pomelo.media.relay import Playback, Relay
 from pomelo.media.session import CODECS, Codec, RtpSession
 from pomelo.sip.errors import SdpParseError, SipParseError
 from pomelo.sip.sdp import (
@@ -49,7 +49,16 @@ class MediaError(ValueError):
 class LegMedia:
     """The PBX's side of one leg's media: its RTP session and negotiation memory."""
 
-    __slots__ = ("direction", "offer", "origin_version", "relay", "sdp", "session", "session_id")
+    __slots__ = (
+        "direction",
+        "music",
+        "offer",
+        "origin_version",
+        "relay",
+        "sdp",
+        "session",
+        "session_id",
+    )
 
     def __init__(self, session: RtpSession) -> None:
         self.session = session
@@ -59,6 +68,7 @@ class LegMedia:
         self.sdp = b""
         self.direction = "sendrecv"
         self.relay: Relay | None = None
+        self.music: Playback | None = None
 
     def describe(self, codecs: list[Codec], dtmf_pt: int | None, direction: str) -> bytes:
         """Our SDP for this leg; same bytes (same version) when nothing changed."""

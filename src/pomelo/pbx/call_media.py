@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pomelo.media.relay import Relay
+from pomelo.media.relay import Playback, Relay
 from pomelo.pbx.anchor import (
     LegMedia,
     MediaError,
@@ -37,6 +37,7 @@ __all__ = ["CallMedia", "MediaError"]
 log = logging.getLogger(__name__)
 
 _SENDING = ("sendrecv", "sendonly")
+_HOLDING = ("sendonly", "inactive")
 
 
 class CallMedia:
@@ -165,10 +166,49 @@ class CallMedia:
             return offer_for(d, body)
         direction = learn_answer(s, body)
         out = answer_for(d, prefer=s.session.codec, direction=direction)
-        self.link(src, dst)
-        self.watch(src)
-        self.watch(dst)
+        if d.direction in _HOLDING:  # dst put src on hold: src hears the PBX's music
+            self._unlink(s)
+            self._play_music(src, s)
+        else:
+            self._stop_music(s)
+            self._stop_music(d)
+            self.link(src, dst)
+        if s.direction == "sendrecv" and d.direction == "sendrecv":
+            self.watch(src)
+            self.watch(dst)
+        else:  # on hold somewhere: silence is expected
+            self._unwatch(s)
+            self._unwatch(d)
         return out
+
+    def _play_music(self, leg: CallLeg, media: LegMedia) -> None:
+        engine = self.engine
+        music = self.call.service.music_on_hold
+        if engine is None or music is None or media.music is not None:
+            return
+        recorder = self.recorder if leg is self.client_leg() else None
+        media.music = Playback(
+            media.session, engine.clock, music, loop=True, recorder=recorder
+        ).start()
+
+    def _stop_music(self, media: LegMedia) -> None:
+        if media.music is not None:
+            media.music.stop()
+            media.music = None
+
+    def _unlink(self, media: LegMedia) -> None:
+        relay = media.relay
+        if relay is None:
+            return
+        relay.stop()
+        for leg in self.call.legs:
+            other = media_of(leg)
+            if other is not None and other.relay is relay:
+                other.relay = None
+
+    def _unwatch(self, media: LegMedia) -> None:
+        if self.engine is not None:
+            self.engine.unwatch(media.session)
 
     def answer_locally(self, leg: CallLeg) -> bytes:
         """The PBX itself answers the leg's offer (IVR, queue): no other party yet."""
@@ -222,4 +262,7 @@ class CallMedia:
             return
         self._finish_recording()
         for leg in self.call.legs:
+            media = media_of(leg)
+            if media is not None:
+                self._stop_music(media)
             close_leg_media(engine, leg)

@@ -26,6 +26,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from pomelo.core.clock import Clock
 from pomelo.core.events import Audience, DomainEvent
 from pomelo.core.ids import new_id
@@ -130,11 +133,14 @@ class CallService:
         media: MediaEngine | None = None,
         tts: TextToSpeech | None = None,
         recordings: RecordingCatalog | None = None,
+        music_on_hold: npt.NDArray[np.int16] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.media = media
         self.tts = tts
         self.recordings = recordings
+        self.music_on_hold = music_on_hold
+        """Looped to a leg its peer put on hold (None: the held phone hears silence)."""
         self._background: set[asyncio.Task[None]] = set()
         self.router = router
         self.location = location

@@ -116,6 +116,18 @@ def ringback() -> np.typing.NDArray[np.int16]:
     return np.concatenate([*frames, np.zeros(4 * 8000, dtype=np.int16)])
 
 
+def hold_music() -> np.typing.NDArray[np.int16]:
+    """A quiet built-in tune (a C-major arpeggio, 8 s loop) for when no file is configured:
+    the held caller must hear that the line is alive."""
+    rate = 8000
+    notes = [261.63, 329.63, 392.0, 523.25, 392.0, 329.63, 293.66, 349.23]
+    t = np.arange(int(0.5 * rate)) / rate
+    envelope = np.minimum(1.0, np.minimum(t / 0.03, (0.5 - t) / 0.12))
+    level = 32767 * 10 ** (-20 / 20)
+    phrase = np.concatenate([level * envelope * np.sin(2 * np.pi * f * t) for f in notes * 2])
+    return phrase.astype(np.int16)
+
+
 class Ivr:
     """One menu run on one call."""
 

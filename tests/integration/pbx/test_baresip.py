@@ -118,7 +118,7 @@ async def test_two_baresip_phones_call_each_other(
         if line.startswith("pomelo_rtp_received_packets_total ")
     ]
     assert received and received[0] >= relayed
-    assert "pomelo_rtp_jitter_ms{quantile=\"0.99\"}" in text
+    assert 'pomelo_rtp_jitter_ms{quantile="0.99"}' in text
     await server.platform.call_recorder.drain()
     async with server.platform.db.session() as s:
         records = list(
@@ -159,3 +159,77 @@ def dominant_hz(samples: np.ndarray[Any, Any]) -> float:
     assert np.abs(audio).mean() > 100, "silence"
     spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
     return float(np.argmax(spectrum) * rate / len(audio))
+
+
+async def test_a_held_phone_hears_music_and_the_call_survives(
+    server: Server, tenant: TenantFixture, tmp_path: Path
+) -> None:
+    """The callee puts the call on hold (re-INVITE a=sendonly): the caller hears the PBX's
+    hold music instead of the callee's tone, and the callee again after resume — shown by
+    the call's own recording (right channel: what the caller heard)."""
+    from tests.integration.media.test_ivr import _dominant_hz, _recording_of
+
+    domain = f"{tenant.slug}.sip"
+    proxy = ("127.0.0.1", server.platform.sip_server.port)
+    await account(server, tenant, "421", "long-sip-password-421")
+    await account(server, tenant, "422", "long-sip-password-422")
+    caller = Baresip(
+        tmp_path / "a",
+        user="421",
+        domain=domain,
+        password="long-sip-password-421",
+        proxy=proxy,
+        tone=440,
+    )
+    holder = Baresip(
+        tmp_path / "b",
+        user="422",
+        domain=domain,
+        password="long-sip-password-422",
+        proxy=proxy,
+        auto_answer=True,
+        tone=1000,
+    )
+    await caller.start()
+    await holder.start()
+    clock = asyncio.get_running_loop().time
+    marks: dict[str, float] = {}
+    try:
+        assert await caller.registration() == "OK"
+        assert await holder.registration() == "OK"
+        await caller.command("dial", f"sip:422@{domain}")
+        await holder.wait_for("CALL_ESTABLISHED")
+        marks["start"] = clock()
+        await asyncio.sleep(1.5)
+        marks["hold"] = clock()
+        await holder.command("hold")
+        await asyncio.sleep(3.0)
+        marks["resume"] = clock()
+        await holder.command("resume")
+        await asyncio.sleep(1.5)
+        marks["end"] = clock()
+        await caller.command("hangup")
+        await holder.wait_for("CALL_CLOSED")
+    finally:
+        await caller.stop()
+        await holder.stop()
+    calls = [c for c in server.platform.calls.calls.values() if c.route.tenant_id == tenant.id]
+    assert not calls, "the call should be over"
+    record = await _last_record_of(server, tenant)
+    assert record.disposition == "answered" and record.hangup_reason == "bye"
+    _left, heard = await _recording_of(server, tenant, record.id)
+
+    def tone(start: float, end: float) -> float:
+        a, b = int((start - marks["start"]) * 8000), int((end - marks["start"]) * 8000)
+        return _dominant_hz(heard[a:b])
+
+    assert tone(marks["start"] + 0.3, marks["hold"]) == pytest.approx(1000, abs=20)
+    music = tone(marks["hold"] + 0.8, marks["resume"])
+    assert abs(music - 1000) > 20, f"still the holder's tone ({music:.0f} Hz) while on hold"
+    assert tone(marks["resume"] + 0.6, marks["end"] - 0.2) == pytest.approx(1000, abs=20)
+
+
+async def _last_record_of(server: Server, tenant: TenantFixture) -> Any:
+    from tests.integration.media.test_ivr import _last_record
+
+    return await _last_record(server, tenant)
