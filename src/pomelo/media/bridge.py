@@ -57,7 +57,7 @@ class _Member:
 class MixBridge:
     """Sessions by participant id, mixed every tick by ``mixer``'s hearing rules."""
 
-    __slots__ = ("_token", "client", "clock", "members", "mixer", "recorder")
+    __slots__ = ("_token", "client", "clock", "members", "mixer", "on_mix", "recorder")
 
     def __init__(self, clock: MediaClock) -> None:
         self.clock = clock
@@ -65,6 +65,8 @@ class MixBridge:
         self.members: dict[str, _Member] = {}
         self.client: str | None = None
         self.recorder: RecorderTap | None = None
+        self.on_mix: Callable[[npt.NDArray[np.int16]], None] | None = None
+        """Sees, every tick, everybody's audio summed (a conference recording)."""
         self._token: int | None = None
 
     def add(self, participant: str, session: RtpSession) -> None:
@@ -116,6 +118,12 @@ class MixBridge:
     def _tick(self, _now: float) -> None:
         frames = {pid: member.pop() for pid, member in self.members.items()}
         heard = self.mixer.mix(frames)
+        if self.on_mix is not None:
+            spoken = [f for f in frames.values() if f is not None]
+            total = np.zeros(FRAME_SAMPLES, dtype=np.int32)
+            for frame in spoken:
+                total += frame
+            self.on_mix(np.clip(total, -32768, 32767).astype(np.int16))
         arrival = time.monotonic()
         for pid, frame in heard.items():
             member = self.members.get(pid)

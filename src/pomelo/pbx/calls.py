@@ -38,6 +38,7 @@ from pomelo.pbx.anchor import learn_answer, media_of
 from pomelo.pbx.call_media import CallMedia, MediaError
 from pomelo.pbx.cdr import CallAudience, CallRecorder, call_record
 from pomelo.pbx.cdr_models import CallRecord
+from pomelo.pbx.conference import ConferenceRoom, Conferences
 from pomelo.pbx.dialer import ALLOW, Dialer
 from pomelo.pbx.ivr import Ivr, MenuPlan
 from pomelo.pbx.legs import CALL_TRANSITIONS as _CALL_TABLE
@@ -140,6 +141,7 @@ class CallService:
         self.tts = tts
         self.recordings = recordings
         self.music_on_hold = music_on_hold
+        self.conferences = Conferences(self)
         """Looped to a leg its peer put on hold (None: the held phone hears silence)."""
         self._background: set[asyncio.Task[None]] = set()
         self.router = router
@@ -311,6 +313,7 @@ class Call:
         "a",
         "answered_at",
         "audience",
+        "conference",
         "dialer",
         "disposition",
         "ended_at",
@@ -360,6 +363,7 @@ class Call:
         self.media = CallMedia(self, service.media)
         self.ivr: Ivr | None = None
         self.supervision: Supervision | None = None
+        self.conference: ConferenceRoom | None = None
         self.setup_key = (request.call_id, request.from_.tag or "")
         self.legs: list[CallLeg] = []
         self.a = self._caller_leg(tx, origin)
@@ -405,6 +409,9 @@ class Call:
                 self.ivr.stop()
             if self.supervision is not None:
                 self.supervision.stop()
+            if self.conference is not None:
+                self.service.conferences.leave(self, self.conference)
+                self.conference = None
             self.media.close()
             self.service.forget(self)
 
@@ -459,6 +466,9 @@ class Call:
         if decision.menu is not None:
             await self._run_menu(decision.menu)
             return
+        if decision.conference is not None:
+            await self._join_conference(decision.conference)
+            return
         if decision.outbound is not None:
             await self.dialer.dial_trunk(decision.outbound)
         else:
@@ -510,6 +520,33 @@ class Call:
         await self.media.start_recording()
         self.ivr = Ivr(self, plan)
         await self.ivr.start(self.service.tts)
+
+    async def _join_conference(self, room: str) -> None:
+        """The PBX answers and mixes the caller into the room (the call counts as answered
+        by the PBX: no employee, no winner leg)."""
+        a = self.a
+        if a.tx is None or not self.media.anchored:
+            self._fail_caller(503, None, "media-off")
+            return
+        try:
+            body = self.media.answer_locally(a)
+        except MediaError as exc:
+            log.info("call %s: %s", self.id, exc)
+            self._fail_caller(488, None, "incompatible-media")
+            return
+        headers = [("Allow", ALLOW), ("Content-Type", "application/sdp")]
+        sent = a.tx.reply(200, body=body, headers=headers, contact=a.local_contact)
+        if sent is None:
+            return
+        a.fire(LegEvent.ANSWERED)
+        a.dialog = Dialog.from_uas(a.invite_request, sent)
+        a.local_sdp = body
+        self.answered_at = self.service.clock.now()
+        self._fire(CallEvent.ANSWERED)
+        self.timer = self.service.call_later(
+            self.service.settings.max_duration, lambda: self.post(self._on_max_duration)
+        )
+        self.conference = await self.service.conferences.join(self, room)
 
     async def ring_group(self, group_id: str) -> None:
         """After a menu choice: ring the group as if it had been dialled."""

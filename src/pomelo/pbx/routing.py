@@ -216,6 +216,8 @@ class Route:
     """Ring every contact of each of these (parallel forking)."""
     outbound: OutboundTarget | None = None
     menu: Any = None
+    conference: str | None = None
+    """A conference room the PBX joins the caller to."""
     """A :class:`~pomelo.pbx.ivr.MenuPlan` the PBX runs before anyone rings."""
 
 
@@ -473,6 +475,8 @@ class Router:
                 log.error("number %s: scenario %s is invalid: %s", number.number, target, exc)
                 return Refusal(500, "Scenario Invalid", cause="scenario-invalid")
             return replace(base, menu=plan)
+        if kind == "conference" and target:
+            return replace(base, conference=target)
         if kind == "hangup":
             return Refusal(480, cause="hangup-route")
         return Refusal(404, cause="no-route")

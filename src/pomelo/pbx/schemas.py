@@ -13,7 +13,7 @@ Cidr = Annotated[str, StringConstraints(min_length=2, max_length=64)]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
 SipPassword = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:\-\[\]]{1,255}$")]
-RouteKind = Literal["hangup", "employee", "extension", "group", "scenario"]
+RouteKind = Literal["hangup", "employee", "extension", "group", "scenario", "conference"]
 
 
 def _examples(example: Any) -> ConfigDict:
