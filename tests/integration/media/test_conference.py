@@ -29,7 +29,7 @@ async def test_three_phones_in_a_room_hear_each_other_and_the_room_is_recorded(
         system, NumberCreate(number=room_number, route_kind="conference", route_target="daily")
     )
     phones = []
-    for ext, hz in TONES.items():
+    for ext in TONES:
         await platform.pbx.create_account(
             system,
             SipAccountCreate(
@@ -66,7 +66,7 @@ async def test_three_phones_in_a_room_hear_each_other_and_the_room_is_recorded(
         for phone in phones:
             await phone.stop()
     assert not platform.calls.conferences.rooms, "the room closes with its last participant"
-    for i, (ext, hz) in enumerate(TONES.items()):
+    for i, ext in enumerate(TONES):
         others = {h for e, h in TONES.items() if e != ext}
         start = joined[-1] - joined[i] + 0.6
         end = everyone - joined[i] - 0.2
