@@ -158,15 +158,18 @@ async def _support_phone(server: Server, tenant: TenantFixture, tmp_path: Path) 
     return phone
 
 
-async def _run_sipp(server: Server, tmp_path: Path, did: str, digit: str) -> int:
+async def _run_sipp(
+    server: Server, tmp_path: Path, did: str, digit: str, scenario: str = SIPP_CALL
+) -> int:
     sipp = require_tool("sipp", "sip-tester")
-    scenario = tmp_path / "menu.xml"
-    scenario.write_text(SIPP_CALL.replace("{digit}", digit).replace("{hold_ms}", "3500"))
+    path = tmp_path / "menu.xml"
+    path.write_text(scenario.replace("{digit}", digit).replace("{hold_ms}", "3500"))
+    scenario_path = path
     process = await asyncio.create_subprocess_exec(
         sipp,
         f"127.0.0.1:{server.platform.sip_server.port}",
         "-sf",
-        str(scenario),
+        str(scenario_path),
         "-s",
         did,
         "-m",
@@ -210,6 +213,99 @@ async def test_sipp_dtmf_2_reaches_the_support_phone(
     record = await _last_record(server, tenant)
     assert record.disposition == "answered"
     assert record.group_id == tenant.group_ids[1]
+
+
+SIPP_INFO = """
+  <send>
+    <![CDATA[
+      INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Client" <sip:79161234567@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal=2
+      Duration=160
+    ]]>
+  </send>
+  <recv response="200" />
+"""
+
+
+def _inband_pcap(path: Path, digit: str) -> None:
+    """A capture SIPp can play: half a second of silence, then the key as audio tones (no
+    telephone-events), as PCMU RTP packets 20 ms apart."""
+    import struct
+
+    from pomelo.media.dtmf import dtmf_tones
+    from pomelo.media.g711 import ulaw_encode
+
+    pcm = np.concatenate([np.zeros(4000, np.int16), dtmf_tones(digit, tone_ms=200, gap_ms=300)])
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(len(pcm) // 160):
+        rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x1234) + ulaw_encode(
+            pcm[i * 160 : (i + 1) * 160]
+        )
+        udp = struct.pack("!HHHH", 40000, 40002, 8 + len(rtp), 0) + rtp
+        ip = (
+            struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(udp),
+                i,
+                0,
+                64,
+                17,
+                0,
+                bytes([127, 0, 0, 1]),
+                bytes([127, 0, 0, 1]),
+            )
+            + udp
+        )
+        frame = b"\x00" * 12 + b"\x08\x00" + ip
+        usec = i * 20_000
+        out.append(
+            struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame))
+        )
+        out.append(frame)
+    path.write_bytes(b"".join(out))
+
+
+async def test_sip_info_and_inband_tones_choose_too(
+    server: Server, tenant: TenantFixture, tmp_path: Path
+) -> None:
+    """Key 2 sent as SIP INFO (application/dtmf-relay), then as tones in the audio: both
+    reach the Support phone, like RFC 4733 events do."""
+    did = await _menu_number(server, tenant)
+    phone = await _support_phone(server, tenant, tmp_path)
+    pcap = tmp_path / "inband2.pcap"
+    _inband_pcap(pcap, "2")
+    info = SIPP_CALL.replace(
+        """  <nop>
+    <action>
+      <exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_{digit}.pcap" />
+    </action>
+  </nop>
+""",
+        SIPP_INFO,
+    ).replace("CSeq: 2 BYE", "CSeq: 3 BYE")
+    inband = SIPP_CALL.replace("/usr/share/sip-tester/dtmf_2833_{digit}.pcap", str(pcap))
+    try:
+        for scenario in (info, inband):
+            sipp = asyncio.create_task(_run_sipp(server, tmp_path, did, "2", scenario=scenario))
+            incoming = await phone.wait_for("CALL_ESTABLISHED", timeout=20)
+            assert incoming["direction"] == "incoming"
+            await phone.wait_for("CALL_CLOSED", timeout=20)
+            assert await sipp == 0
+            record = await _last_record(server, tenant)
+            assert record.group_id == tenant.group_ids[1]
+    finally:
+        await phone.stop()
 
 
 async def test_sipp_key_without_an_employee_ends_the_call(
