@@ -487,7 +487,9 @@ def check(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
             hints.append(f"{label} port {host}:{port} is in use (another Pomelo running?)")
     if settings.http_host not in ("127.0.0.1", "localhost", "::1") and not settings.cookie_secure:
         hints.append("serving beyond loopback: put TLS in front and set cookie_secure = true")
-    problems.extend(_check_database(settings))
+    db_problems = _check_database(settings)
+    problems.extend(db_problems)
+    problems.extend(_check_media(settings, with_database=not db_problems))
     for hint in hints:
         out.print(f"[yellow]hint:[/yellow] {escape(hint)}")
     for problem in problems:
@@ -518,6 +520,41 @@ def _check_database(settings: Settings) -> list[str]:
         return []
 
     return asyncio.run(probe())
+
+
+def _check_media(settings: Settings, *, with_database: bool) -> list[str]:
+    """Media files that cannot be played, and voice menus nobody can speak."""
+    from pomelo.media.tts import TextToSpeech
+    from pomelo.media.wav import MediaFileError, read_prompt
+
+    problems: list[str] = []
+    if settings.music_on_hold_file is not None:
+        try:
+            read_prompt(settings.music_on_hold_file)
+        except MediaFileError as exc:
+            problems.append(f"music_on_hold_file: {exc}")
+    if with_database and not TextToSpeech(settings.data_dir / "tts").available():
+        menus = asyncio.run(_count_scenarios(settings))
+        if menus:
+            problems.append(
+                f"{menus} voice menu(s) speak their prompts with espeak-ng, which is not "
+                "installed (Debian/Ubuntu: apt-get install espeak-ng)"
+            )
+    return problems
+
+
+async def _count_scenarios(settings: Settings) -> int:
+    from sqlalchemy import func, select
+
+    from pomelo.pbx.models import Scenario
+    from pomelo.storage.db import Database
+
+    db = Database(settings.effective_database_url)
+    try:
+        async with db.session() as session:
+            return int(await session.scalar(select(func.count()).select_from(Scenario)) or 0)
+    finally:
+        await db.dispose()
 
 
 def _port_free(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:

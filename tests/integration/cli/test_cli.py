@@ -208,6 +208,10 @@ async def test_db_upgrade_then_check(cli: Cli) -> None:
     expect(drift, 0, "models and migrations agree")
     expect(check, 0, "configuration OK", "secret_key │ ********")
     assert CLI_SECRET not in check.text
+    not_audio = cli.cwd / "music.wav"
+    not_audio.write_text("this is not a WAV file")
+    bad_music = await cli("check", env={"POMELO_MUSIC_ON_HOLD_FILE": str(not_audio)})
+    expect(bad_music, 1, "problem:", "music_on_hold_file", "music.wav")
 
 
 # -- tenants and users -----------------------------------------------------------------------
