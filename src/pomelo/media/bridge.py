@@ -2,11 +2,11 @@
 
 A two-party call is relayed packet by packet (:mod:`pomelo.media.relay`); as soon as a third
 party joins — a supervisor listening, whispering or barging, or a conference — the sessions
-move to a :class:`MixBridge`: each incoming packet is decoded into a small per-member queue,
-and every 20 ms tick takes one frame per member, lets the :class:`~pomelo.media.mixer.Mixer`
-build what each member hears, and sends it encoded in that member's own law. The queue is
-at most a few frames deep: a member whose packets arrive in a burst loses the oldest audio
-rather than drifting behind the others.
+move to a :class:`MixBridge`: each incoming packet is decoded into a per-member adaptive
+jitter buffer (reordering, steady playout), and every 20 ms tick takes one frame per member,
+lets the :class:`~pomelo.media.mixer.Mixer` build what each member hears, and sends it
+encoded in that member's own law. The buffer holds at most 120 ms: a member whose packets
+arrive in a burst loses the oldest audio rather than drifting behind the others.
 
 The recorder keeps following the client: what he says (left) as it arrives, what he hears
 (right) as the bridge sends it — a whisper, which he does not hear, is not in the recording.
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pomelo.media.engine import MediaClock
+from pomelo.media.jitter import JitterBuffer
 from pomelo.media.mixer import Mixer
 from pomelo.media.relay import RecorderTap
 from pomelo.media.session import FRAME_SAMPLES, RtpSession, _payload
@@ -35,11 +36,27 @@ _EMPTY = np.zeros(0, dtype=np.int16)
 
 
 class _Member:
-    __slots__ = ("pending", "session")
+    """One participant's incoming audio: 20 ms packets go through an adaptive jitter
+    buffer (reordered, played at a steady pace); other packet sizes through a sample queue."""
+
+    __slots__ = ("jitter", "pending", "session", "ssrc")
 
     def __init__(self, session: RtpSession) -> None:
         self.session = session
         self.pending: npt.NDArray[np.int16] = _EMPTY
+        self.jitter: JitterBuffer[npt.NDArray[np.int16]] = JitterBuffer(max_delay_ms=120)
+        self.ssrc: int | None = None
+
+    def push_packet(
+        self, pcm: npt.NDArray[np.int16], seq: int, ts: int, ssrc: int, now: float
+    ) -> None:
+        if len(pcm) != FRAME_SAMPLES:
+            self.push(pcm)
+            return
+        if ssrc != self.ssrc:
+            self.ssrc = ssrc
+            self.jitter.reset()
+        self.jitter.push(seq, ts, pcm, now)
 
     def push(self, pcm: npt.NDArray[np.int16]) -> None:
         pending = np.concatenate([self.pending, pcm]) if len(self.pending) else pcm
@@ -49,7 +66,7 @@ class _Member:
 
     def pop(self) -> npt.NDArray[np.int16] | None:
         if len(self.pending) < FRAME_SAMPLES:
-            return None
+            return self.jitter.pop()
         frame, self.pending = self.pending[:FRAME_SAMPLES], self.pending[FRAME_SAMPLES:]
         return frame
 
@@ -107,7 +124,8 @@ class MixBridge:
             codec = session.codec
             if pt == codec.payload_type:
                 payload = _payload(data)
-                member.push(codec.decode(payload))
+                seq = (data[2] << 8) | data[3]
+                member.push_packet(codec.decode(payload), seq, ts, ssrc, now)
                 if participant == self.client and self.recorder is not None:
                     self.recorder.add_g711(0, payload, codec.name, ts, ssrc, now)
             elif pt == session.dtmf_pt:
