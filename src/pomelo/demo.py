@@ -96,7 +96,7 @@ async def _ensure_telephony(
         )
         did = await session.scalar(select(PhoneNumber).where(PhoneNumber.number == DEMO_DID))
     for ext in EXTENSIONS:
-        owner = users.get(f"operator{ext - 100}")
+        owner = users.get(_EXTENSION_OWNERS.get(ext, f"operator{ext - 100}"))
         password = f"{DEMO_PASSWORD}{ext}"
         existing = accounts.get(str(ext))
         if existing is None:
@@ -133,6 +133,9 @@ async def _ensure_telephony(
             system, did.id, NumberUpdate(route_kind="scenario", route_target=menu_id)
         )
 
+
+_EXTENSION_OWNERS = {107: "supervisor", 108: "head"}
+"""Beyond the operators' 101–106: the supervisors' phones (listen, whisper, barge)."""
 
 DEMO_MENU_TEXT = (
     "Thank you for calling Pomelo. For sales, press 1. For support, press 2. Or stay on the line."

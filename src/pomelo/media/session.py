@@ -194,8 +194,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.on_pcm: Callable[[npt.NDArray[np.int16], int, float], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
         self.inbound_tap: InboundTap | None = None
-        self.on_close: Callable[[RtpSession], None] | None = None
         """Sees every audio payload that is *not* relayed (a recorder during a menu)."""
+        self.on_close: Callable[[RtpSession], None] | None = None
         self._dtmf_rx = DtmfReceiver()
         self._inband: DtmfDetector | None = None
         self.closed = False
@@ -270,14 +270,19 @@ class RtpSession(asyncio.DatagramProtocol):
             counters.malformed += 1
             return
         source = (addr[0], addr[1])
+        _b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+        pt = b1 & 0x7F
         if source != self.remote:
             if self.latched or (self.remote is None and self.in_ssrc is not None):
                 counters.foreign_source += 1
                 return
+            if pt != self.codec.payload_type and pt != self.dtmf_pt:
+                # Only a stream of what was negotiated may take the session over: a stray
+                # datagram must not hijack the media before the phone's first packet.
+                counters.foreign_source += 1
+                return
             self.remote = source  # type: ignore[assignment]
         self.latched = True
-        _b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
-        pt = b1 & 0x7F
         if 72 <= pt <= 76:
             return  # RTCP multiplexed on the RTP port: nothing we need from it
         now = time.monotonic()

@@ -3,9 +3,10 @@
 The caller's INVITE ends at the PBX (the UAS leg); the PBX places its own INVITEs (UAC legs)
 to every registered phone of the callee in parallel, or to a trunk, and relays between the
 legs what the two ends need to talk: provisional responses with early media, the answer,
-re-INVITE/UPDATE offers (hold), INFO and NOTIFY, and BYE. SDP passes unchanged for now (the
-media issue anchors it). Because the PBX is a party to every dialog, it can also end calls on
-its own (maximum duration, missed session refresh), transfer them, and record them.
+re-INVITE/UPDATE offers (hold), INFO and NOTIFY, and BYE. SDP is translated per leg: every
+leg's media ends on the PBX's own RTP sockets (:mod:`pomelo.pbx.call_media`). Because the PBX
+is a party to every dialog, it can also end calls on its own (maximum duration, missed session
+refresh, RTP timeout), transfer them, supervise and record them.
 
 **Concurrency.** Each :class:`Call` owns one asyncio task and one queue. Everything that
 happens to a call — a request or response on any of its legs, a CANCEL, an ACK, a timer —

@@ -55,7 +55,11 @@ class MediaCollector(Collector):
             yield family
         yield _gauge("pomelo_rtp_sessions", "Open RTP sessions (two per relayed call)", len(live))
         yield _gauge("pomelo_rtp_ports_free", "RTP ports left in the range", engine.pool.available)
-        yield _gauge("pomelo_recordings_active", "Calls being recorded now", engine.recording_count)
+        yield _gauge(
+            "pomelo_recordings_active",
+            "Calls and conference rooms being recorded now",
+            engine.recording_count,
+        )
         late = CounterMetricFamily(
             "pomelo_media_clock_late_ticks", "20 ms ticks that ran over 100 ms late (skipped)"
         )
