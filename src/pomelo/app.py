@@ -219,6 +219,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         tts=TextToSpeech(settings.data_dir / "tts"),
         recordings=recordings if settings.recordings_enabled else None,
         music_on_hold=load_music_on_hold(settings.music_on_hold_file),
+        prompts_dir=settings.data_dir / "prompts",
     )
     calls.install(sip_server)
 

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,12 +137,15 @@ class CallService:
         tts: TextToSpeech | None = None,
         recordings: RecordingCatalog | None = None,
         music_on_hold: npt.NDArray[np.int16] | None = None,
+        prompts_dir: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.media = media
         self.tts = tts
         self.recordings = recordings
         self.music_on_hold = music_on_hold
+        self.prompts_dir = prompts_dir
+        """Recorded menu prompts (``prompt.file`` of a scenario) live here."""
         self.conferences = Conferences(self)
         """Looped to a leg its peer put on hold (None: the held phone hears silence)."""
         self._background: set[asyncio.Task[None]] = set()

@@ -14,10 +14,12 @@ field at fault. The routing issue grows this into a scenario graph.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import numpy as np
 from pomelo.media.player import Tone
 from pomelo.media.relay import Playback
 from pomelo.media.tts import TextToSpeech, TtsUnavailable
+from pomelo.media.wav import MediaFileError, read_prompt
 from pomelo.pbx.anchor import media_of
 
 if TYPE_CHECKING:
@@ -36,7 +39,8 @@ __all__ = ["Ivr", "MenuPlan", "ScenarioError", "dtmf_of_info", "parse_menu"]
 log = logging.getLogger(__name__)
 
 _DIGITS = frozenset("0123456789*#")
-_SIGNAL = re.compile(rb"^\s*Signal\s*=\s*([0-9*#A-Da-d])\s*$", re.MULTILINE)
+_SAFE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.wav")
+_SIGNAL = re.compile(rb"^\s*Signal\s*=\s*([0-9*#A-Da-d])\s*$", re.MULTILINE | re.IGNORECASE)
 
 
 class ScenarioError(ValueError):
@@ -53,6 +57,9 @@ class MenuPlan:
     """Group for no (or a wrong) choice after the retries; None hangs up."""
     timeout: float = 5.0
     retries: int = 1
+    prompt_file: str | None = None
+    """A recorded prompt (WAV, any common PCM rate) under the prompts directory, played
+    instead of speaking ``prompt_text``."""
 
 
 def parse_menu(definition: Mapping[str, Any]) -> MenuPlan:
@@ -60,7 +67,12 @@ def parse_menu(definition: Mapping[str, Any]) -> MenuPlan:
         raise ScenarioError("type: only 'menu' is supported")
     prompt = definition.get("prompt")
     if not isinstance(prompt, Mapping) or not isinstance(prompt.get("text"), str):
-        raise ScenarioError("prompt.text: a text to speak is required")
+        raise ScenarioError("prompt.text: a text to speak (or to show, with prompt.file)")
+    prompt_file = prompt.get("file")
+    if prompt_file is not None and not (
+        isinstance(prompt_file, str) and _SAFE_FILE.fullmatch(prompt_file)
+    ):
+        raise ScenarioError("prompt.file: a file name in the prompts directory (name.wav)")
     lang = prompt.get("lang", "en")
     if lang not in ("en", "ru"):
         raise ScenarioError("prompt.lang: 'en' or 'ru'")
@@ -86,6 +98,7 @@ def parse_menu(definition: Mapping[str, Any]) -> MenuPlan:
         _group(default, "default") if default is not None else None,
         float(timeout),
         retries,
+        prompt_file,
     )
 
 
@@ -128,6 +141,24 @@ def hold_music() -> np.typing.NDArray[np.int16]:
     return phrase.astype(np.int16)
 
 
+async def load_prompt(
+    plan: MenuPlan, tts: TextToSpeech | None, prompts_dir: Path | None, call_id: str = "-"
+) -> np.typing.NDArray[np.int16]:
+    """The menu's prompt as 8 kHz audio: its recorded file, else its text spoken. A prompt
+    that cannot be had is logged and replaced by silence — the menu still listens."""
+    if plan.prompt_file is not None and prompts_dir is not None:
+        try:
+            return await asyncio.to_thread(read_prompt, prompts_dir / plan.prompt_file)
+        except MediaFileError as exc:
+            log.error("call %s: menu prompt file unusable: %s", call_id, exc)
+    if tts is not None:
+        try:
+            return await tts.prompt(plan.prompt_text, plan.lang)
+        except (TtsUnavailable, RuntimeError) as exc:
+            log.error("call %s: menu prompt not rendered: %s", call_id, exc)
+    return np.zeros(0, dtype=np.int16)
+
+
 class Ivr:
     """One menu run on one call."""
 
@@ -153,12 +184,7 @@ class Ivr:
         session = media.session
         session.on_dtmf = lambda digit: call.post(self.on_digit, digit)
         session.detect_inband(True)
-        prompt = np.zeros(0, dtype=np.int16)
-        if tts is not None:
-            try:
-                prompt = await tts.prompt(self.plan.prompt_text, self.plan.lang)
-            except (TtsUnavailable, RuntimeError) as exc:
-                log.error("call %s: menu prompt not rendered: %s", call.id, exc)
+        prompt = await load_prompt(self.plan, tts, call.service.prompts_dir, call.id)
         if not self.listening or not call.a.confirmed:
             return
         self._play(prompt)
