@@ -154,6 +154,9 @@ class Location:
         return [self._contact] if account_id == self.callee_id else []
 
 
+MEDIA_ANCHOR = True
+
+
 async def setup(workdir: Path) -> tuple[Any, Any, str]:
     """A platform on a fresh SQLite database with one tenant and extensions 201 and 202."""
     from pomelo.app import build_platform
@@ -169,6 +172,9 @@ async def setup(workdir: Path) -> tuple[Any, Any, str]:
         sip_enabled=False,
         password_hash_time_cost=1,
         password_hash_memory_kib=8,
+        media_anchor=MEDIA_ANCHOR,
+        rtp_port_min=40000,
+        rtp_port_max=59999,
     )
     plat = build_platform(settings)
     await plat.start()
@@ -320,7 +326,17 @@ def main() -> None:
     parser.add_argument("--rates", default="100,200,300,400,500,600,700,800,1000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--media",
+        choices=["anchored", "passthrough"],
+        default="anchored",
+        help="anchored: two RTP sockets and SDP rewriting per call (the default); passthrough: "
+        "SDP relayed unchanged, as before the media engine",
+    )
+    parser.add_argument("--loops", default="asyncio,uvloop")
     args = parser.parse_args()
+    global MEDIA_ANCHOR
+    MEDIA_ANCHOR = args.media == "anchored"
     rates = [int(part) for part in args.rates.split(",") if part.strip()]
     if args.loop:  # child: one loop, JSON on stdout
         print(json.dumps(one_loop(args.loop, rates, args.seconds)))
@@ -330,19 +346,14 @@ def main() -> None:
         "python": platform.python_version(),
         "seconds_per_rate": args.seconds,
         "path": "SIPp uac (digest 407) -> Pomelo B2BUA -> SIPp uas, CDR + events on SQLite",
+        "media": args.media,
     }
-    loops = ["asyncio"]
-    try:
-        import uvloop  # noqa: F401
-
-        loops.append("uvloop")
-    except ImportError:
-        result["uvloop"] = "not installed"
+    loops = [loop for loop in args.loops.split(",") if loop]
     budget = len(rates) * (args.seconds + 8) + 30
     for loop in loops:
         child = subprocess.run(
             [sys.executable, __file__, "--loop", loop, "--rates", args.rates,
-             "--seconds", str(args.seconds)],
+             "--seconds", str(args.seconds), "--media", args.media],
             capture_output=True, text=True, timeout=budget, check=False,
         )  # fmt: skip
         lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
