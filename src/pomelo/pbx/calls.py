@@ -990,6 +990,9 @@ class Call:
             await self._on_bye(leg, tx)
             return
         if leg.dialog is None or not leg.active:
+            if request.method == "UPDATE" and leg.ringing and self.media.anchored:
+                self._early_update(leg, tx)
+                return
             tx.reply(481 if request.method != "INVITE" else 491)
             return
         status = leg.dialog.check_request(request)
@@ -1004,6 +1007,29 @@ class Call:
             await self._transfers().refer(leg, tx)
         else:
             await self.mid.relay(leg, tx)
+
+    def _early_update(self, leg: CallLeg, tx: ServerTransaction) -> None:
+        """UPDATE before the answer (RFC 3311 §5.1): the PBX is this leg's media end, so it
+        answers the new offer itself — the other side is not involved."""
+        request = tx.request
+        if not request.body:
+            tx.reply(200, contact=leg.local_contact)
+            return
+        try:
+            self.media.learn_offer(leg, request.body)
+            body = self.media.answer_locally(leg)
+        except MediaError as exc:
+            log.info("call %s: early UPDATE refused: %s", self.id, exc)
+            tx.reply(488)
+            return
+        leg.remote_sdp = request.body
+        leg.local_sdp = body
+        tx.reply(
+            200,
+            body=body,
+            headers=[("Content-Type", "application/sdp")],
+            contact=leg.local_contact,
+        )
 
     async def _on_bye(self, leg: CallLeg, tx: ServerTransaction) -> None:
         if leg.dialog is not None and leg.dialog.check_request(tx.request) == 500:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from pomelo.auth.access import Actor
 from pomelo.core.events import PublishedEvent
 from pomelo.core.secrets import SecretBox
+from pomelo.media.engine import MediaEngine
 from pomelo.pbx.calls import CallService, CallSettings
 from pomelo.pbx.cdr import CallRecorder
 from pomelo.pbx.cdr_models import CallRecord
@@ -43,6 +44,7 @@ from pomelo.sip.digest import (
 )
 from pomelo.sip.endpoint import SipEndpoint
 from pomelo.sip.message import SipRequest, SipResponse
+from pomelo.sip.sdp import parse_sdp
 from pomelo.sip.transaction import ServerTransaction, new_tag
 from pomelo.sip.transport import Source, Target
 from pomelo.sip.uri import NameAddr, SipUri
@@ -398,6 +400,7 @@ class Pbx:
     events: list[PublishedEvent] = field(default_factory=list)
     tmp: Path = Path()
     timers: ManualTimers = field(default_factory=ManualTimers)
+    anchored: bool = False
 
     @property
     def port(self) -> int:
@@ -442,6 +445,7 @@ async def running_pbx(
     settings: CallSettings,
     scheduler: ManualTimers | None = None,
     trunk_password: Callable[[TrunkInfo], str | None] | None = None,
+    media: MediaEngine | None = None,
 ) -> AsyncIterator[Pbx]:
     platform = server.platform
     system = Actor.system(tenant.id)
@@ -472,6 +476,7 @@ async def running_pbx(
         settings=settings,
         scheduler=scheduler,
         trunk_password=trunk_password,
+        media=media,
     )
     service.install(sip)
     await sip.start()
@@ -490,10 +495,23 @@ async def running_pbx(
         await sip.stop()
 
 
-@pytest.fixture
-async def pbx(server: Server, tenant: TenantFixture, tmp_path: Path) -> AsyncIterator[Pbx]:
-    async with running_pbx(server, tenant, tmp_path, CallSettings(ring_timeout=10)) as box:
-        yield box
+@pytest.fixture(params=["passthrough", "anchored"])
+async def pbx(
+    server: Server, tenant: TenantFixture, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Pbx]:
+    """Every scenario runs twice: SDP relayed unchanged (signalling alone), and with the
+    media anchored on the PBX (SDP translated per leg at every offer/answer point)."""
+    media = None
+    if request.param == "anchored":
+        media = MediaEngine("127.0.0.1", 33000, 33999, rtp_timeout=0)
+    settings = CallSettings(ring_timeout=10)
+    try:
+        async with running_pbx(server, tenant, tmp_path, settings, media=media) as box:
+            box.anchored = media is not None
+            yield box
+    finally:
+        if media is not None:
+            await media.stop()
 
 
 async def run_sipp(
@@ -662,6 +680,50 @@ async def test_wrong_password_is_refused_without_a_record(pbx: Pbx) -> None:
     result = await finish(process)
     assert ok(result), result
     assert await pbx.settle() == []
+
+
+PCMA_BODY = (
+    SDP_BODY.replace("2353687637", "2353687640")
+    .replace("RTP/AVP 0", "RTP/AVP 8")
+    .replace("0 PCMU/8000", "8 PCMA/8000")
+)
+CALLER_EARLY_UPDATE = (
+    """  <recv response="180"/>
+"""
+    + caller_request("UPDATE", 3, PCMA_BODY)
+    + """  <recv response="200">
+    <action>
+      <ereg regexp="RTP/AVP 8" search_in="body" check_it="true" assign_to="pcma"/>
+    </action>
+  </recv>
+  <Reference variables="pcma"/>
+  <recv response="200" rtd="true"/>
+"""
+    + caller_request("ACK", 2, retrans=False)
+    + '  <pause milliseconds="200"/>\n'
+    + caller_request("BYE", 4)
+    + '  <recv response="200"/>\n</scenario>\n'
+)
+CALLEE_ANSWERS_LATE = (
+    CALLEE_HEAD
+    + callee_response("180 Ringing")
+    + '  <pause milliseconds="1500"/>\n'
+    + callee_response("200 OK", SDP_BODY, retrans=True)
+    + '  <recv request="ACK"/>\n'
+    + CALLEE_ACCEPTS_BYE
+)
+
+
+async def test_update_before_the_answer_is_answered_by_the_pbx(pbx: Pbx) -> None:
+    """RFC 3311: the caller changes his offer (to A-law) while the callee rings; the PBX,
+    being the caller's media end, answers it with A-law at once; the call then proceeds."""
+    if not pbx.anchored:
+        pytest.skip("early UPDATE is answered by the media anchor (without it: 481)")
+    caller, callee = await call(pbx, CALLER_HEAD + CALLER_EARLY_UPDATE, CALLEE_ANSWERS_LATE)
+    assert ok(caller), caller
+    assert ok(callee), callee
+    [record] = await pbx.settle()
+    assert record.disposition == "answered"
 
 
 async def test_hold_is_relayed(pbx: Pbx) -> None:
@@ -901,14 +963,40 @@ async def phones(pbx: Pbx, *names: str, answer: bool = True) -> AsyncIterator[li
             await phone.close()
 
 
-@pytest.fixture
-async def timed(server: Server, tenant: TenantFixture, tmp_path: Path) -> AsyncIterator[Pbx]:
-    """A PBX whose timers only move when the test says so."""
+def relayed_sdp(pbx: Pbx, body: bytes, original: bytes) -> bool:
+    """Did ``original`` (a phone's SDP) reach the other side? Passed through, it arrives as it
+    is; with anchored media it arrives as the PBX's own description of the same stream: the
+    PBX's origin and port, and a codec the phone offered."""
+    if not pbx.anchored:
+        return body == original
+    ours, theirs = parse_sdp(body), parse_sdp(original)
+    offered = set(theirs.media[0].formats)
+    return (
+        ours.origin.username == "pomelo"
+        and ours.media[0].port != theirs.media[0].port
+        and bool(offered & set(ours.media[0].formats))
+    )
+
+
+@pytest.fixture(params=["passthrough", "anchored"])
+async def timed(
+    server: Server, tenant: TenantFixture, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Pbx]:
+    """A PBX whose timers only move when the test says so (media relayed unchanged, then
+    anchored, like ``pbx``)."""
     timers = ManualTimers()
     settings = CallSettings(ring_timeout=30, max_duration=3600, transfer_grace=2)
-    async with running_pbx(server, tenant, tmp_path, settings, timers) as box:
-        box.timers = timers
-        yield box
+    media = None
+    if request.param == "anchored":
+        media = MediaEngine("127.0.0.1", 34000, 34999, rtp_timeout=0)
+    try:
+        async with running_pbx(server, tenant, tmp_path, settings, timers, media=media) as box:
+            box.timers = timers
+            box.anchored = media is not None
+            yield box
+    finally:
+        if media is not None:
+            await media.stop()
 
 
 async def test_ring_timeout_cancels_and_answers_480(timed: Pbx) -> None:
@@ -945,7 +1033,7 @@ async def test_pbx_refreshes_sessions_it_is_refresher_of(timed: Pbx) -> None:
         await a.wait_for("INVITE")
         await b.wait_for("INVITE", 2)
         refresh = a.received("INVITE")[0]
-        assert refresh.body == b.sdp() and refresh.header("Session-Expires")
+        assert relayed_sdp(timed, refresh.body, b.sdp()) and refresh.header("Session-Expires")
         await timed.timers.advance(900)
         await a.wait_for("INVITE", 2)
         assert not a.received("BYE") and not b.received("BYE")
@@ -993,7 +1081,7 @@ async def test_info_and_hold_are_relayed(timed: Pbx) -> None:
         held = await a.send(
             call_id, "INVITE", a.sdp(2).replace(b"PCMU/8000", b"PCMU/8000\r\na=sendonly")
         )
-        assert held.status == 200 and held.body == b.sdp()
+        assert held.status == 200 and relayed_sdp(timed, held.body, b.sdp())
         resumed = await a.send(call_id, "INVITE", a.sdp(3))
         assert resumed.status == 200
         await b.wait_for("INVITE", 3)  # the initial INVITE, hold and resume
@@ -1016,7 +1104,7 @@ async def test_blind_transfer(timed: Pbx) -> None:
         await c.wait_for("INVITE")
         assert c.received("INVITE")[0].body == b""  # third-party call control: no offer
         await a.wait_for("INVITE")  # re-INVITE carrying 203's offer
-        assert a.received("INVITE")[0].body == c.sdp()
+        assert relayed_sdp(timed, a.received("INVITE")[0].body, c.sdp())
         await b.wait_for("NOTIFY", 2)
         frags = [n.body for n in b.received("NOTIFY")]
         assert frags[0].startswith(b"SIP/2.0 100") and frags[-1].startswith(b"SIP/2.0 200")
@@ -1033,7 +1121,9 @@ async def test_blind_transfer(timed: Pbx) -> None:
             if c.acks:
                 break
             await asyncio.sleep(0.02)
-        assert c.acks and c.acks[-1].body == a.sdp()  # 201's answer reached 203 in the ACK
+        assert c.acks and relayed_sdp(
+            timed, c.acks[-1].body, a.sdp()
+        )  # 201's answer reached 203 in the ACK
         assert (await a.send(a_call, "BYE")).status == 200
         await c.wait_for("BYE")
     [record] = await timed.settle()
@@ -1072,7 +1162,7 @@ async def test_attended_transfer(timed: Pbx) -> None:
         c_call = c.received("INVITE")[0].call_id
         await c.wait_for("INVITE", 2, call_id=c_call)  # re-INVITE without offer
         await a.wait_for("INVITE")  # re-INVITE with 203's offer
-        assert a.received("INVITE")[0].body == c.sdp()
+        assert relayed_sdp(timed, a.received("INVITE")[0].body, c.sdp())
         await b.wait_for("NOTIFY", 2)
         assert b.received("NOTIFY")[-1].body.startswith(b"SIP/2.0 200")
         await timed.timers.advance(2)
