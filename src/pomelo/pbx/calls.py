@@ -59,6 +59,7 @@ from pomelo.pbx.legs import (
 )
 from pomelo.pbx.location import Location
 from pomelo.pbx.midcall import MidCall, allow_of, content_headers
+from pomelo.pbx.reliable import ReliableProvisionals, requires_100rel
 from pomelo.pbx.routing import (
     ExtensionOrigin,
     Origin,
@@ -99,7 +100,7 @@ __all__ = ["Call", "CallService", "CallSettings", "TrunkPassword"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_OPTIONS = frozenset({"timer"})
+SUPPORTED_OPTIONS = frozenset({"timer", "100rel"})
 TrunkPassword = Callable[[TrunkInfo], str | None]
 Handler = Callable[..., Awaitable[None] | None]
 
@@ -163,7 +164,7 @@ class CallService:
     def install(self, server: SipServer) -> None:
         """Route the call methods of ``server`` here."""
         server.route("INVITE", self.handle_invite)
-        for method in ("BYE", "UPDATE", "INFO", "NOTIFY", "REFER"):
+        for method in ("BYE", "UPDATE", "INFO", "NOTIFY", "REFER", "PRACK"):
             server.route(method, self.handle_in_dialog)
         server.on_ack(self.on_ack)
 
@@ -332,6 +333,7 @@ class Call:
         "queue",
         "rang",
         "reaper",
+        "reliable",
         "route",
         "service",
         "setup_key",
@@ -369,6 +371,7 @@ class Call:
         self.ivr: Ivr | None = None
         self.supervision: Supervision | None = None
         self.conference: ConferenceRoom | None = None
+        self.reliable = ReliableProvisionals(self) if requires_100rel(request) else None
         self.setup_key = (request.call_id, request.from_.tag or "")
         self.legs: list[CallLeg] = []
         self.a = self._caller_leg(tx, origin)
@@ -410,6 +413,8 @@ class Call:
                 await self._apply(handler, args)
         finally:
             self._stop_timers()
+            if self.reliable is not None:
+                self.reliable.stop()
             if self.ivr is not None:
                 self.ivr.stop()
             if self.supervision is not None:
@@ -677,13 +682,17 @@ class Call:
             body = response.body
             if body and self.media.anchored:
                 body = self._early_media(leg, body)
-            sent = a.tx.reply(
-                response.status,
-                response.reason,
-                body=body,
-                headers=content_headers(response),
-                contact=a.local_contact,
-            )
+            if self.reliable is not None:
+                headers = content_headers(response) if body else []
+                sent = self.reliable.send(response.status, response.reason, body, headers)
+            else:
+                sent = a.tx.reply(
+                    response.status,
+                    response.reason,
+                    body=body,
+                    headers=content_headers(response),
+                    contact=a.local_contact,
+                )
             if sent is not None:
                 a.fire(LegEvent.PROVISIONAL)
                 if body:
@@ -988,6 +997,12 @@ class Call:
         request = tx.request
         if request.method == "BYE":
             await self._on_bye(leg, tx)
+            return
+        if request.method == "PRACK":
+            if leg is self.a and self.reliable is not None:
+                self.reliable.on_prack(tx)
+            else:
+                tx.reply(481)
             return
         if leg.dialog is None or not leg.active:
             if request.method == "UPDATE" and leg.ringing and self.media.anchored:

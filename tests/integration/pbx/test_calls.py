@@ -726,6 +726,48 @@ async def test_update_before_the_answer_is_answered_by_the_pbx(pbx: Pbx) -> None
     assert record.disposition == "answered"
 
 
+CALLER_REQUIRES_100REL = CALLER_HEAD.replace(
+    "      [field3]\n", "      [field3]\n      Require: 100rel\n      Supported: timer\n"
+)
+CALLER_PRACKS = (
+    """  <recv response="180">
+    <action>
+      <ereg regexp="RSeq: *([0-9]+)" search_in="msg" check_it="true" assign_to="all,rseq"/>
+    </action>
+  </recv>
+  <Reference variables="all"/>
+  <send retrans="500"><![CDATA[
+      PRACK sip:[field1]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[field2]@[field0]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[field1]@[field0]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 PRACK
+      RAck: [$rseq] 2 INVITE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]></send>
+  <recv response="200"/>
+  <recv response="200" rtd="true"/>
+"""
+    + caller_request("ACK", 2, retrans=False)
+    + '  <pause milliseconds="200"/>\n'
+    + caller_request("BYE", 4)
+    + '  <recv response="200"/>\n</scenario>\n'
+)
+
+
+async def test_a_caller_requiring_100rel_gets_reliable_provisionals(pbx: Pbx) -> None:
+    """RFC 3262: the 180 carries Require: 100rel and an RSeq, the caller's PRACK (RAck naming
+    it) is answered 200, and the call proceeds — instead of the 420 of before."""
+    caller, callee = await call(pbx, CALLER_REQUIRES_100REL + CALLER_PRACKS, CALLEE_ANSWERS_LATE)
+    assert ok(caller), caller
+    assert ok(callee), callee
+    [record] = await pbx.settle()
+    assert record.disposition == "answered"
+
+
 async def test_hold_is_relayed(pbx: Pbx) -> None:
     caller, callee = await call(
         pbx, CALLER_HEAD + ANSWERED + CALLER_HOLD, CALLEE_ANSWERS + CALLEE_HOLD
