@@ -83,6 +83,8 @@ class ConfigView(Protocol):
 
     def trunks_of(self, tenant_id: str) -> list[TrunkInfo]: ...
 
+    def numbers_of(self, tenant_id: str) -> list[NumberInfo]: ...
+
     def trunk(self, trunk_id: str) -> TrunkInfo | None: ...
 
     def trunks_for_source(self, ip: str) -> list[TrunkInfo]: ...
@@ -439,11 +441,15 @@ class Router:
     def _route_outbound(
         self, base: Route, caller: AccountInfo | None, dialled: str
     ) -> Route | Refusal:
-        trunks = sorted(self._cache.trunks_of(base.tenant_id), key=lambda t: (t.name, t.id))
-        if not trunks:
-            return Refusal(503, "No Trunk Available", cause="no-trunk")
-        trunk = trunks[0]
-        caller_id = trunk.caller_id or (caller.extension if caller else "anonymous")
+        own = self._own_number(base.tenant_id, caller)
+        if own is not None:  # the employee's own line: its trunk, its number shown
+            trunk, caller_id = own
+        else:
+            trunks = sorted(self._cache.trunks_of(base.tenant_id), key=lambda t: (t.name, t.id))
+            if not trunks:
+                return Refusal(503, "No Trunk Available", cause="no-trunk")
+            trunk = trunks[0]
+            caller_id = trunk.caller_id or (caller.extension if caller else "anonymous")
         target = OutboundTarget(
             trunk=trunk,
             dial=dial_string(trunk, dialled),
@@ -451,6 +457,29 @@ class Router:
             caller_name=caller.caller_id_name if caller else None,
         )
         return replace(base, direction="outbound", to_number=dialled, trunk=trunk, outbound=target)
+
+    def _own_number(
+        self, tenant_id: str, caller: AccountInfo | None
+    ) -> tuple[TrunkInfo, str] | None:
+        """A number routed straight to the caller (his extension, or him as an employee)
+        whose trunk is usable: outside calls leave through that trunk showing that number,
+        so the person called back reaches the same employee."""
+        if caller is None:
+            return None
+        for number in sorted(self._cache.numbers_of(tenant_id), key=lambda n: n.number):
+            mine = (
+                number.route_kind == "extension" and number.route_target == caller.extension
+            ) or (
+                number.route_kind == "employee"
+                and caller.user_id is not None
+                and number.route_target == caller.user_id
+            )
+            if not mine or number.trunk_id is None:
+                continue
+            trunk = self._cache.trunk(number.trunk_id)
+            if trunk is not None and trunk.enabled and trunk.tenant_id == tenant_id:
+                return trunk, number.number
+        return None
 
     async def _route_number(self, base: Route, number: NumberInfo) -> Route | Refusal:
         kind, target = number.route_kind, number.route_target

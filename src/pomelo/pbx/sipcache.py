@@ -133,6 +133,9 @@ class SipConfigCache:
     def number(self, e164: str) -> NumberInfo | None:
         return self._data.numbers.get(e164)
 
+    def numbers_of(self, tenant_id: str) -> list[NumberInfo]:
+        return [n for n in self._data.numbers.values() if n.tenant_id == tenant_id]
+
     def trunks_of(self, tenant_id: str) -> list[TrunkInfo]:
         return [t for t in self._data.trunks.values() if t.tenant_id == tenant_id and t.enabled]
 

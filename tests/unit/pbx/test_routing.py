@@ -117,6 +117,9 @@ class FakeCache:
     def trunks_of(self, tenant_id: str) -> list[TrunkInfo]:
         return [t for t in self.trunks.values() if t.tenant_id == tenant_id and t.enabled]
 
+    def numbers_of(self, tenant_id: str) -> list[NumberInfo]:
+        return [n for n in self.numbers.values() if n.tenant_id == tenant_id]
+
     def trunk(self, trunk_id: str) -> TrunkInfo | None:
         return self.trunks.get(trunk_id)
 
@@ -320,6 +323,22 @@ async def test_outside_number_goes_through_the_first_trunk_with_rewriting(router
     assert route.outbound.dial == "0079161234567"
     assert route.outbound.caller_id == "+74951112233"
     assert route.trunk is route.outbound.trunk
+
+
+async def test_an_employee_with_his_own_line_calls_out_through_its_trunk(router: Router) -> None:
+    """+74950000001 (on trunk "carrier") rings extension 102: 102's outside calls leave
+    through that trunk showing that number, even though "a-first" sorts first."""
+    router._cache.trunks = {  # type: ignore[attr-defined]
+        t.id: t for t in (trunk("a-first", caller_id="+74959999999"), trunk("carrier"))
+    }
+    route = await router.route_dialled(T, router._cache.account(T.id, "102"), "+79161234567")  # type: ignore[attr-defined]
+    assert isinstance(route, Route) and route.outbound is not None
+    assert route.outbound.trunk.name == "carrier"
+    assert route.outbound.caller_id == "+74950000001"
+    other = await route_from_101(router, "+79161234567")  # no line of his own: the first trunk
+    assert isinstance(other, Route) and other.outbound is not None
+    assert other.outbound.trunk.name == "a-first"
+    assert other.outbound.caller_id == "+74959999999"
 
 
 async def test_outside_number_without_trunk_is_503(router: Router) -> None:
