@@ -115,6 +115,8 @@ class Platform:
             await self.registrar.start(self.sip_server.endpoint)
             self.trunk_registrations.start(self.sip_server.endpoint, self.sip_server.port)
             await self.webrtc.start(self.sip_server.host, self.sip_server.port)
+            if self.webrtc.address is not None:
+                self.sip_server.trusted_sources.add(self.webrtc.address)
 
     async def stop(self) -> None:
         for task in self._tasks:

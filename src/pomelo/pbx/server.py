@@ -66,6 +66,10 @@ class SipServer:
         self.ws_port: int | None = None
         self._handlers: dict[str, Handler] = {}
         self._ack_handler: AckHandler | None = None
+        self.trusted_sources: set[tuple[str, int]] = set()
+        """Exact (ip, port) sources inside this process (the WebRTC gateway's UA): they skip
+        the rate limit and bans, which would otherwise make all browser phones share the
+        loopback address's budget."""
         self.endpoint = SipEndpoint(self._on_request, on_ack=self._on_ack)
         transactions = self.endpoint.transactions
         # Gate requests before a transaction exists: a dropped request must leave no state and
@@ -99,7 +103,10 @@ class SipServer:
     def _gated_receive(self, message: SipRequest | SipResponse, source: Source) -> None:
         if isinstance(message, SipRequest):
             ip = source.remote[0]
-            if not (self.gate.admit(ip, message.method) and self.gate.inspect(message, ip)):
+            trusted = self.trusted_sources and (ip, source.remote[1]) in self.trusted_sources
+            if not trusted and not (
+                self.gate.admit(ip, message.method) and self.gate.inspect(message, ip)
+            ):
                 return
         self.endpoint.transactions.receive(message, source)
 
