@@ -52,6 +52,8 @@ _HEADER = struct.Struct("!BBHII")
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _SILENCE_ULAW: Final = b"\xff" * FRAME_SAMPLES
 _SSRC_SWITCH_QUIET: Final = 0.5
+_DTMF_END_LOST: Final = 0.25
+"""Seconds of audio after the last telephone-event packet that mean its end was lost."""
 """Seconds the current source must have been silent before a new SSRC may take over."""
 _MAX_DATAGRAM: Final = 1500
 """G.711 at the longest packet time phones use (150 ms) fits; anything bigger is an attack or
@@ -143,6 +145,7 @@ class RtpSession(asyncio.DatagramProtocol):
     """The PBX's RTP endpoint for one leg."""
 
     __slots__ = (
+        "_dtmf_last",
         "_dtmf_rx",
         "_inband",
         "_last_ts_step",
@@ -197,6 +200,7 @@ class RtpSession(asyncio.DatagramProtocol):
         """Sees every audio payload that is *not* relayed (a recorder during a menu)."""
         self.on_close: Callable[[RtpSession], None] | None = None
         self._dtmf_rx = DtmfReceiver()
+        self._dtmf_last = 0.0
         self._inband: DtmfDetector | None = None
         self.closed = False
 
@@ -308,6 +312,8 @@ class RtpSession(asyncio.DatagramProtocol):
         """Decode one accepted packet for the applications: audio to ``on_pcm``, key
         presses to ``on_dtmf``. Public so a relay tap can reuse it."""
         if pt == self.codec.payload_type:
+            if self._dtmf_last and now - self._dtmf_last > _DTMF_END_LOST:
+                self._flush_dtmf()
             if self.inbound_tap is not None:
                 self.inbound_tap(_payload(data), self.codec.name, ts, self.in_ssrc or 0, now)
             if self.on_pcm is None and self._inband is None:
@@ -324,11 +330,21 @@ class RtpSession(asyncio.DatagramProtocol):
             except DtmfError:
                 self.counters.malformed += 1
                 return
+            self._dtmf_last = now
             if self.on_dtmf is not None:
                 for d in digits:
                     self.on_dtmf(d.digit)
         else:
             self.counters.unknown_payload += 1
+
+    def _flush_dtmf(self) -> None:
+        """Audio is flowing again but the key press never ended: all three end packets were
+        lost. Report the key now rather than at the next press."""
+        self._dtmf_last = 0.0
+        digits = self._dtmf_rx.flush()
+        if self.on_dtmf is not None:
+            for d in digits:
+                self.on_dtmf(d.digit)
 
     # -- sending --------------------------------------------------------------------------
 

@@ -340,6 +340,26 @@ async def test_rfc4733_key_press_is_reported_once(
     assert heard.digits == ["5", "#"]
 
 
+def test_a_key_whose_end_packets_were_all_lost_is_reported_when_audio_resumes() -> None:
+    session = RtpSession()
+    heard = Heard(session)
+    source = ("127.0.0.1", 4000)
+    seven = [p for p in event_datagrams("7", 10, 8000, ssrc=0x1111) if not _is_end(p)]
+    session.datagram_received(rtp(9), source)
+    for data in seven:
+        session.datagram_received(data, source)
+    assert heard.digits == []
+    session._dtmf_last -= 0.3  # a third of a second of silence later, audio flows again
+    session.datagram_received(rtp(20), source)
+    assert heard.digits == ["7"]
+    session.datagram_received(rtp(21), source)
+    assert heard.digits == ["7"]  # reported once
+
+
+def _is_end(data: bytes) -> bool:
+    return bool(parse_rtp(data).payload[1] & 0x80)
+
+
 async def test_inband_tones_are_detected(
     open_session: Opener, peers: Callable[[], Awaitable[RtpPeer]]
 ) -> None:
