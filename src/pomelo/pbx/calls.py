@@ -58,7 +58,7 @@ from pomelo.pbx.legs import (
     try_step,
 )
 from pomelo.pbx.location import Location
-from pomelo.pbx.midcall import MidCall, allow_of, content_headers
+from pomelo.pbx.midcall import MidCall, allow_of, content_headers, holds
 from pomelo.pbx.reliable import ReliableProvisionals, requires_100rel
 from pomelo.pbx.routing import (
     ExtensionOrigin,
@@ -957,6 +957,10 @@ class Call:
         body = request.body
         if body:
             leg.remote_sdp = body
+            on_hold = holds(body)  # a late-offer re-INVITE is answered in the ACK: hold too
+            if on_hold is not None and on_hold != leg.holding and self.state is CallState.ANSWERED:
+                leg.holding = on_hold
+                self.mid.hold_changed(leg)
             if self.media.anchored:
                 try:
                     body = self.media.translate(leg, peer, body, offer=False)

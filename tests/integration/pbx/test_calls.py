@@ -780,6 +780,36 @@ async def test_hold_is_relayed(pbx: Pbx) -> None:
     assert len(held) == 1 and held[0].side == "caller"  # type: ignore[attr-defined]
 
 
+CALLER_HOLDS_IN_ACK = (
+    caller_request("INVITE", 3)
+    + '  <recv response="200"/>\n'
+    + caller_request("ACK", 3, HOLD_BODY, retrans=False)
+    + '  <pause milliseconds="300"/>\n'
+    + caller_request("BYE", 4)
+    + '  <recv response="200"/>\n</scenario>\n'
+)
+CALLEE_OFFERS_IN_200 = (
+    '  <recv request="INVITE"/>\n'
+    + callee_response("200 OK", SDP_BODY.replace("2353687637", "2353687639"), True)
+    + '  <recv request="ACK"/>\n'
+    + CALLEE_ACCEPTS_BYE
+)
+
+
+async def test_hold_answered_in_the_ack_of_a_late_offer_reinvite(pbx: Pbx) -> None:
+    """The caller re-INVITEs without SDP; the callee offers in its 200; the caller's answer
+    (a=sendonly) comes in the ACK: that is hold too, and it reaches the callee in its ACK."""
+    caller, callee = await call(
+        pbx, CALLER_HEAD + ANSWERED + CALLER_HOLDS_IN_ACK, CALLEE_ANSWERS + CALLEE_OFFERS_IN_200
+    )
+    assert ok(caller), caller
+    assert ok(callee), callee
+    [record] = await pbx.settle()
+    assert record.disposition == "answered"
+    held = [e.event for e in pbx.events if e.event.kind == "CallHoldStarted"]
+    assert len(held) == 1 and held[0].side == "caller"  # type: ignore[attr-defined]
+
+
 async def test_did_call_from_trusted_trunk_rings_the_group(pbx: Pbx, server: Server) -> None:
     """The fixture tenant's DID routes to the Sales group (operator and group head); only
     the operator's extension 101 has a registered phone."""
