@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pomelo.media.g711 import ulaw_encode
-from pomelo.media.rtp import RtpError, RtpPacket, build_rtp, parse_rtp
+from pomelo.media.rtp import RtpError, RtpPacket, build_rtp, is_rtcp, parse_rtp
 
 __all__ = ["Address", "Datagram", "RtpPeer", "garbage", "tone", "wait_until"]
 
@@ -84,6 +84,9 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.timestamp = random.getrandbits(32)
         self.sent = 0
         self.received: list[Datagram] = []
+        self.rtcp: list[Datagram] = []
+        """RTCP that reached this socket (the PBX sends its reports to RTP port + 1, which
+        may be another test socket's port): kept apart so it never counts as media."""
         self.transport: asyncio.DatagramTransport | None = None
         self.address: Address = ("127.0.0.1", 0)
         self._stream: asyncio.Task[None] | None = None
@@ -103,7 +106,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         host, port = addr[0], addr[1]
         assert isinstance(host, str) and isinstance(port, int)
-        self.received.append(Datagram((host, port), data))
+        (self.rtcp if is_rtcp(data) else self.received).append(Datagram((host, port), data))
 
     def send(self, data: bytes, to: Address) -> None:
         assert self.transport is not None

@@ -8,6 +8,11 @@ if it falls more than a few ticks behind it skips ahead instead of bursting.
 
 The watchdog hangs up calls whose peer stopped sending (dead phone, lost network): a session
 that expects media and heard nothing for ``rtp_timeout`` seconds is reported once.
+
+RTCP reports go out the same way as the clock's work: one task ticking every second, each
+tick sending for one of five groups of sessions, so every session reports every five seconds
+and a tick walks about a fifth of them (RFC 3550 §6.2's minimum interval is five seconds; with
+one sender and one receiver per session, sharing the RTCP bandwidth plays no part).
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from typing import Final
 from pomelo.media.recorder import RecordingResult, RecordingWriter, StereoRecorder
 from pomelo.media.session import PortPool, RtpSession
 
-__all__ = ["TICK", "MediaClock", "MediaEngine"]
+__all__ = ["RTCP_INTERVAL", "TICK", "MediaClock", "MediaEngine"]
 
 log = logging.getLogger(__name__)
 
 TICK: Final = 0.02
 _MAX_LAG_TICKS: Final = 5
+RTCP_INTERVAL: Final = 5.0
+"""Seconds between two RTCP reports of one session."""
+_RTCP_GROUPS: Final = 5
 
 Tick = Callable[[float], None]
 
@@ -117,8 +125,9 @@ class MediaClock:
 
 
 def raise_open_file_limit() -> None:
-    """Every call holds two RTP sockets and, when recorded, a file: the default soft limit of
-    1,024 descriptors would stop a busy node near 300 calls. Raise it to the hard limit."""
+    """Every call holds four sockets (RTP and RTCP of two legs) and, when recorded, a file:
+    the default soft limit of 1,024 descriptors would stop a busy node near 200 calls. Raise it
+    to the hard limit."""
     try:
         import resource
     except ImportError:  # not on POSIX
@@ -148,6 +157,8 @@ class MediaTotals:
                 "unknown_payload",
                 "lost",
                 "duplicates",
+                "rtcp_received",
+                "rtcp_sent",
             ),
             0,
         )
@@ -164,6 +175,8 @@ class MediaTotals:
         counts["foreign_source"] += c.foreign_source
         counts["foreign_ssrc"] += c.foreign_ssrc
         counts["unknown_payload"] += c.unknown_payload
+        counts["rtcp_received"] += c.rtcp_received
+        counts["rtcp_sent"] += c.rtcp_sent
         stats = session.stats
         if stats is not None and c.received:
             counts["lost"] += max(stats.lost, 0)
@@ -175,29 +188,44 @@ class MediaTotals:
 
 
 class MediaEngine:
-    """Opens sessions, runs the clock, and watches for silent peers."""
+    """Opens sessions, runs the clock, sends RTCP reports, and watches for silent peers."""
 
     __slots__ = (
         "_flusher",
         "_recorders",
+        "_rtcp",
+        "_rtcp_groups",
+        "_rtcp_turn",
         "_watch",
         "_watchdog",
         "_writer",
         "clock",
         "host",
         "pool",
+        "rtcp_interval",
         "rtp_timeout",
         "sessions",
         "totals",
     )
 
     def __init__(
-        self, host: str, port_min: int, port_max: int, *, rtp_timeout: float = 60.0
+        self,
+        host: str,
+        port_min: int,
+        port_max: int,
+        *,
+        rtp_timeout: float = 60.0,
+        rtcp_interval: float = RTCP_INTERVAL,
     ) -> None:
+        """``rtcp_interval`` 0 sends no RTCP reports (a BYE still goes out on close)."""
         self.host = host
         self.pool = PortPool(port_min, port_max)
         self.clock = MediaClock()
         self.rtp_timeout = rtp_timeout
+        self.rtcp_interval = rtcp_interval
+        self._rtcp_groups: list[set[RtpSession]] = [set() for _ in range(_RTCP_GROUPS)]
+        self._rtcp_turn = 0
+        self._rtcp: asyncio.Task[None] | None = None
         self.sessions: set[RtpSession] = set()
         self.totals = MediaTotals()
         self._watch: dict[RtpSession, tuple[Callable[[], None], float]] = {}
@@ -250,12 +278,41 @@ class MediaEngine:
         session = await RtpSession.open(self.pool, self.host)
         self.sessions.add(session)
         session.on_close = self._closed
+        if self.rtcp_interval > 0:
+            min(self._rtcp_groups, key=len).add(session)
+            if self._rtcp is None:
+                self._rtcp = asyncio.get_running_loop().create_task(self._run_rtcp())
         return session
 
     def _closed(self, session: RtpSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             self.totals.add(session)
+        for group in self._rtcp_groups:
+            group.discard(session)
+
+    # -- RTCP -----------------------------------------------------------------------------
+
+    async def _run_rtcp(self) -> None:
+        while True:
+            await asyncio.sleep(self.rtcp_interval / _RTCP_GROUPS)
+            self.send_reports()
+
+    def send_reports(self) -> int:
+        """One tick: every session of the next group that knows its peer sends a report.
+        Returns how many were sent."""
+        group = self._rtcp_groups[self._rtcp_turn % _RTCP_GROUPS]
+        self._rtcp_turn += 1
+        sent = 0
+        for session in list(group):
+            if session.closed:
+                group.discard(session)
+                continue
+            try:
+                sent += session.send_report()
+            except Exception:
+                log.exception("RTCP report of %s failed", session.local_address)
+        return sent
 
     def watch(self, session: RtpSession, on_timeout: Callable[[], None]) -> None:
         """Report (once) when ``session`` has received nothing for ``rtp_timeout`` seconds.
@@ -293,10 +350,10 @@ class MediaEngine:
 
     async def stop(self) -> None:
         self.clock.stop()
-        for task in (self._watchdog, self._flusher):
+        for task in (self._watchdog, self._flusher, self._rtcp):
             if task is not None:
                 task.cancel()
-        self._watchdog = self._flusher = None
+        self._watchdog = self._flusher = self._rtcp = None
         self._watch.clear()
         for recorder in list(self._recorders):
             self.finish_recording(recorder)

@@ -10,6 +10,11 @@ The receive path is the hot path of the media plane (one call is 100 packets a s
 it reads the fixed header with one ``unpack_from`` and hands the raw datagram on: a relay
 forwards it without building objects (``on_packet``); only applications that need audio
 (IVR, recording, mixing) pay for decoding (``on_pcm``).
+
+Each session also owns the odd port next to its RTP port for RTCP (RFC 3550 §6). RTCP is a
+report every few seconds, so it is parsed into objects; what the peer says about *our* stream
+(loss, jitter, round-trip time) is kept as :class:`RemoteReport`. Sending reports is the
+engine's job (one tick for all sessions), not a timer per session.
 """
 
 from __future__ import annotations
@@ -28,7 +33,19 @@ import numpy.typing as npt
 
 from pomelo.media import g711
 from pomelo.media.dtmf import DtmfDetector, DtmfError, DtmfReceiver, dtmf_event_packets
-from pomelo.media.rtp import StreamStats
+from pomelo.media.rtp import (
+    ReportBlock,
+    RtcpBye,
+    RtcpPacket,
+    RtcpReceiverReport,
+    RtcpSdes,
+    RtcpSenderReport,
+    StreamStats,
+    build_rtcp_compound,
+    ntp_middle32,
+    ntp_timestamp,
+    parse_rtcp,
+)
 
 __all__ = [
     "CODECS",
@@ -39,6 +56,7 @@ __all__ = [
     "MediaPortsExhausted",
     "PacketHandler",
     "PortPool",
+    "RemoteReport",
     "RtpSession",
     "SessionCounters",
 ]
@@ -52,12 +70,16 @@ _HEADER = struct.Struct("!BBHII")
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _SILENCE_ULAW: Final = b"\xff" * FRAME_SAMPLES
 _SSRC_SWITCH_QUIET: Final = 0.5
+"""Seconds the current source must have been silent before a new SSRC may take over."""
 _DTMF_END_LOST: Final = 0.25
 """Seconds of audio after the last telephone-event packet that mean its end was lost."""
-"""Seconds the current source must have been silent before a new SSRC may take over."""
 _MAX_DATAGRAM: Final = 1500
 """G.711 at the longest packet time phones use (150 ms) fits; anything bigger is an attack or
 a broken sender, and would put seconds of noise into a recording in one packet."""
+_RTP_HEADER_SIZE: Final = 12
+_NEGATIVE_RTT_SLACK: Final = 655
+"""1/65536 s units (10 ms): rounding in LSR/DLSR can make a loopback round trip come out a
+little below zero; further below is a peer's clock step or bug, and gives no RTT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +157,32 @@ class PortPool:
 class SessionCounters:
     received: int = 0
     sent: int = 0
+    octets_sent: int = 0
+    """Payload octets of the packets sent (the SR's octet count): datagram minus 12 bytes."""
     malformed: int = 0
+    """Datagrams that are neither RTP nor RTCP, on either port (and broken RTCP)."""
     foreign_source: int = 0
     foreign_ssrc: int = 0
     unknown_payload: int = 0
+    rtcp_received: int = 0
+    rtcp_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReport:
+    """What the peer last reported about *our* stream (its RTCP report block for our SSRC):
+    the only view the PBX has of the audio it sends, as the peer hears it."""
+
+    fraction_lost: float
+    """Share of our packets lost since the peer's previous report, 0.0 to 1.0."""
+    cumulative_lost: int
+    highest_seq: int
+    """Extended highest sequence number of ours the peer has received."""
+    jitter_ms: float
+    rtt_ms: float | None
+    """Round trip (RFC 3550 §6.4.1); None until the peer echoes one of our SRs."""
+    at: float
+    """``time.monotonic()`` when the report arrived."""
 
 
 class RtpSession(asyncio.DatagramProtocol):
@@ -151,6 +195,9 @@ class RtpSession(asyncio.DatagramProtocol):
         "_last_ts_step",
         "_relay_offsets",
         "_relay_source",
+        "_reported_sent",
+        "_rtcp_mux",
+        "_rtcp_source",
         "_sdp_remote",
         "closed",
         "codec",
@@ -167,6 +214,8 @@ class RtpSession(asyncio.DatagramProtocol):
         "on_pcm",
         "pool",
         "remote",
+        "remote_report",
+        "rtcp_transport",
         "seq",
         "ssrc",
         "stats",
@@ -202,13 +251,23 @@ class RtpSession(asyncio.DatagramProtocol):
         self._dtmf_rx = DtmfReceiver()
         self._dtmf_last = 0.0
         self._inband: DtmfDetector | None = None
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self._rtcp_source: tuple[str, int] | None = None
+        """Where the peer's RTCP comes from, once it came (symmetric, like RTP)."""
+        self._rtcp_mux = False
+        """The peer's RTCP came on the RTP port (RFC 5761): ours goes back the same way."""
+        self._reported_sent = 0
+        """``counters.sent`` at our previous report: more since then makes the next an SR."""
+        self.remote_report: RemoteReport | None = None
         self.closed = False
 
     # -- life cycle -------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, pool: PortPool, host: str = "127.0.0.1") -> RtpSession:
-        """Bind a session to the next free even port of ``pool``."""
+        """Bind a session to the next free even port of ``pool`` and its odd neighbour (RTCP).
+        A pair of which another program holds either port is skipped: peers send RTCP to
+        our RTP port + 1 whatever we say, so that port must be ours."""
         loop = asyncio.get_running_loop()
         for _ in range(pool.available or 1):
             port = pool.take()
@@ -217,6 +276,15 @@ class RtpSession(asyncio.DatagramProtocol):
                 await loop.create_datagram_endpoint(_factory(session), local_addr=(host, port))
             except OSError:
                 pool.give_back(port)  # taken by some other program: try the next one
+                continue
+            try:
+                await loop.create_datagram_endpoint(
+                    _rtcp_factory(session), local_addr=(host, port + 1)
+                )
+            except OSError:
+                if session.transport is not None:
+                    session.transport.close()
+                pool.give_back(port)
                 continue
             return session
         raise MediaPortsExhausted(f"could not bind any RTP port in {pool.low}-{pool.high}")
@@ -229,6 +297,8 @@ class RtpSession(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.closed:
             return
+        if self.remote is not None:
+            self.send_report(bye=True)  # the peer may drop our stream's state at once
         self.closed = True
         self.on_packet = self.on_pcm = self.on_dtmf = None
         if self.on_close is not None:
@@ -236,6 +306,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self.on_close = None
         if self.transport is not None:
             self.transport.close()
+        if self.rtcp_transport is not None:
+            self.rtcp_transport.close()
         if self.pool is not None:
             self.pool.give_back(self.local_address[1])
 
@@ -257,6 +329,9 @@ class RtpSession(asyncio.DatagramProtocol):
         if remote != self._sdp_remote:
             self._sdp_remote = self.remote = remote
             self.latched = False
+            self._rtcp_source = None
+            self._rtcp_mux = False
+            self.remote_report = None
             if remote is not None:
                 self.in_ssrc = None
         self.codec = codec
@@ -288,7 +363,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self.remote = source  # type: ignore[assignment]
         self.latched = True
         if 72 <= pt <= 76:
-            return  # RTCP multiplexed on the RTP port: nothing we need from it
+            self.rtcp_received(data, source, muxed=True)  # RTCP multiplexed (RFC 5761)
+            return
         now = time.monotonic()
         if ssrc != self.in_ssrc:
             if self.in_ssrc is not None and now - self.last_received < _SSRC_SWITCH_QUIET:
@@ -346,6 +422,109 @@ class RtpSession(asyncio.DatagramProtocol):
             for d in digits:
                 self.on_dtmf(d.digit)
 
+    # -- RTCP -----------------------------------------------------------------------------
+
+    def rtcp_received(
+        self, data: bytes, addr: tuple[str | object, ...], *, muxed: bool = False
+    ) -> None:
+        """One RTCP datagram from the RTCP port (or the RTP port, ``muxed``). Only the host
+        the media comes from (or, before it flows, the SDP's host) is heard; its first valid
+        packet latches where ours go. Never raises: what does not parse is ``malformed``."""
+        counters = self.counters
+        host, port = addr[0], addr[1]
+        remote = self.remote
+        if not isinstance(host, str) or not isinstance(port, int):
+            counters.malformed += 1
+            return
+        source = (host, port)
+        latched = self._rtcp_source
+        if latched is not None and source != latched:
+            counters.foreign_source += 1
+            return
+        if remote is None or host != remote[0]:
+            if self.latched:
+                counters.foreign_source += 1
+            # else the media has not flowed yet: behind NAT the phone's RTCP may well come
+            # from another host than its SDP says; unheard, but no intruder either
+            return
+        if len(data) > _MAX_DATAGRAM:
+            counters.malformed += 1
+            return
+        try:
+            packets = parse_rtcp(data)
+        except (ValueError, IndexError, struct.error):
+            counters.malformed += 1
+            return
+        if latched is None:
+            self._rtcp_source, self._rtcp_mux = source, muxed
+        counters.rtcp_received += 1
+        self._take_reports(packets)
+
+    def _take_reports(self, packets: list[RtcpPacket]) -> None:
+        now = time.monotonic()
+        arrival_ntp = ntp_middle32(*ntp_timestamp(time.time()))
+        for packet in packets:
+            if isinstance(packet, RtcpSenderReport):
+                stats = self.stats
+                if stats is not None and packet.ssrc == stats.ssrc:
+                    stats.on_sender_report(packet, now)  # echoed as LSR/DLSR in our reports
+            elif not isinstance(packet, RtcpReceiverReport):
+                continue
+            for block in packet.reports:
+                if block.ssrc == self.ssrc:
+                    self.remote_report = _remote_report(block, self.codec, now, arrival_ntp)
+
+    @property
+    def rtcp_remote(self) -> tuple[str, int] | None:
+        """Where our RTCP goes: where the peer's comes from, else its RTP port + 1."""
+        if self._rtcp_source is not None:
+            return self._rtcp_source
+        remote = self.remote
+        if remote is None or remote[1] >= 0xFFFF:
+            return None
+        return remote[0], remote[1] + 1
+
+    @property
+    def cname(self) -> str:
+        return f"pomelo@{self.local_address[0]}"
+
+    def send_report(self, *, bye: bool = False) -> bool:
+        """Send one compound RTCP packet: SR if we sent RTP since our previous report, else
+        RR (with a report block on the peer's stream once it has one), SDES CNAME, and BYE
+        when leaving. False when there is no one to send to."""
+        target = self.rtcp_remote
+        transport = self.transport if self._rtcp_mux else self.rtcp_transport
+        if target is None or transport is None or self.closed:
+            return False
+        packets: list[RtcpPacket] = [self._report(), RtcpSdes.cname(self.ssrc, self.cname)]
+        if bye:
+            packets.append(RtcpBye((self.ssrc,)))
+        transport.sendto(build_rtcp_compound(packets), target)
+        self.counters.rtcp_sent += 1
+        return True
+
+    def _report(self) -> RtcpSenderReport | RtcpReceiverReport:
+        blocks: tuple[ReportBlock, ...] = ()
+        stats = self.stats
+        if stats is not None and stats.expected > 0:
+            blocks = (stats.report_block(time.monotonic()),)
+        counters = self.counters
+        if counters.sent == self._reported_sent:
+            return RtcpReceiverReport(self.ssrc, blocks)
+        self._reported_sent = counters.sent
+        seconds, fraction = ntp_timestamp(time.time())
+        # The timestamp of our last packet stands for "now": within one packet time of it,
+        # and only lip sync (which audio alone does not need) would use it.
+        return RtcpSenderReport(
+            self.ssrc,
+            seconds,
+            fraction,
+            self.timestamp,
+            counters.sent,
+            counters.octets_sent,
+            blocks,
+        )
+
     # -- sending --------------------------------------------------------------------------
 
     def send_raw(self, data: bytes) -> None:
@@ -355,7 +534,9 @@ class RtpSession(asyncio.DatagramProtocol):
         if remote is None or transport is None or self.closed:
             return
         transport.sendto(data, remote)
-        self.counters.sent += 1
+        counters = self.counters
+        counters.sent += 1
+        counters.octets_sent += len(data) - _RTP_HEADER_SIZE
 
     def send_relayed(self, data: bytes) -> None:
         """Send another leg's packet as part of *our* stream: its SSRC becomes ours and its
@@ -421,8 +602,49 @@ class RtpSession(asyncio.DatagramProtocol):
         self._last_ts_step = packets[-1].event.duration if packets else 0
 
 
+class _RtcpPort(asyncio.DatagramProtocol):
+    """The session's RTCP socket (RTP port + 1): hands every datagram to its session."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.rtcp_transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self.session.rtcp_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("RTCP %s: %s", self.session.local_address, exc)
+
+
+def _remote_report(block: ReportBlock, codec: Codec, now: float, arrival_ntp: int) -> RemoteReport:
+    rtt: float | None = None
+    if block.lsr:
+        # RFC 3550 §6.4.1: arrival - LSR - DLSR, all in 1/65536 s of the NTP clock.
+        units = (arrival_ntp - block.lsr - block.dlsr) & 0xFFFFFFFF
+        if units < 0x80000000:
+            rtt = units * 1000 / 65536
+        elif units >= 0x100000000 - _NEGATIVE_RTT_SLACK:
+            rtt = 0.0
+    return RemoteReport(
+        fraction_lost=block.fraction_lost / 256,
+        cumulative_lost=block.cumulative_lost,
+        highest_seq=block.highest_seq,
+        jitter_ms=block.jitter * 1000 / codec.clock_rate,
+        rtt_ms=rtt,
+        at=now,
+    )
+
+
 def _factory(session: RtpSession) -> Callable[[], RtpSession]:
     return lambda: session
+
+
+def _rtcp_factory(session: RtpSession) -> Callable[[], _RtcpPort]:
+    return lambda: _RtcpPort(session)
 
 
 def _payload(data: bytes) -> bytes:
