@@ -9,6 +9,8 @@ no-op and SDP passes unchanged, as before anchoring.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -29,7 +31,7 @@ from pomelo.recordings.service import NewRecording
 if TYPE_CHECKING:
     from pomelo.media.engine import MediaEngine
     from pomelo.media.recorder import RecordingResult, StereoRecorder
-    from pomelo.pbx.calls import Call
+    from pomelo.pbx.calls import Call, CallService
     from pomelo.pbx.legs import CallLeg
 
 __all__ = ["CallMedia", "MediaError"]
@@ -38,6 +40,33 @@ log = logging.getLogger(__name__)
 
 _SENDING = ("sendrecv", "sendonly")
 _HOLDING = ("sendonly", "inactive")
+
+
+def catalogue_recording(
+    service: CallService, done: Awaitable[RecordingResult], new: NewRecording
+) -> None:
+    """When the writer thread has finished the file, catalogue it (in the background: the
+    call is over). ``new`` is completed with the file's real path, length and size."""
+    catalog = service.recordings
+    if catalog is None:
+        return
+
+    async def catalogue() -> None:
+        result = await done
+        if result.error is not None:
+            log.error("recording %s incomplete: %s", new.call_id, result.error)
+        if result.samples == 0:
+            return
+        await catalog.add(
+            replace(
+                new,
+                path=result.path,
+                duration_s=result.duration_s,
+                size_bytes=result.size_bytes,
+            )
+        )
+
+    service.background(catalogue())
 
 
 class CallMedia:
@@ -103,34 +132,25 @@ class CallMedia:
             winner.user_id if winner is not None else None,
             route.callee_user_id,
         )
-        ended = service.clock.now()
-        done = engine.finish_recording(recorder)
-
-        async def catalogue() -> None:
-            result: RecordingResult = await done
-            if result.error is not None:
-                log.error("call %s: recording incomplete: %s", call.id, result.error)
-            if service.recordings is None or result.samples == 0:
-                return
-            await service.recordings.add(
-                NewRecording(
-                    tenant_id=route.tenant_id,
-                    call_id=call.id,
-                    path=result.path,
-                    started_at=started,
-                    ended_at=max(ended, started),
-                    duration_s=result.duration_s,
-                    size_bytes=result.size_bytes,
-                    sample_rate=8000,
-                    channels=2,
-                    from_number=route.from_number,
-                    to_number=route.to_number,
-                    group_id=route.group_id,
-                    user_ids=tuple(u for u in users if u),
-                )
-            )
-
-        service.background(catalogue())
+        catalogue_recording(
+            service,
+            engine.finish_recording(recorder),
+            NewRecording(
+                tenant_id=route.tenant_id,
+                call_id=call.id,
+                path=recorder.path,
+                started_at=started,
+                ended_at=max(service.clock.now(), started),
+                duration_s=0.0,
+                size_bytes=0,
+                sample_rate=8000,
+                channels=2,
+                from_number=route.from_number,
+                to_number=route.to_number,
+                group_id=route.group_id,
+                user_ids=tuple(u for u in users if u),
+            ),
+        )
 
     @property
     def anchored(self) -> bool:
@@ -167,7 +187,7 @@ class CallMedia:
         direction = learn_answer(s, body)
         out = answer_for(d, prefer=s.session.codec, direction=direction)
         if d.direction in _HOLDING:  # dst put src on hold: src hears the PBX's music
-            self._unlink(s)
+            self.unlink(s)
             self._play_music(src, s)
         else:
             self._stop_music(s)
@@ -196,7 +216,8 @@ class CallMedia:
             media.music.stop()
             media.music = None
 
-    def _unlink(self, media: LegMedia) -> None:
+    def unlink(self, media: LegMedia) -> None:
+        """Stop the relay ``media`` is part of, on both of its legs."""
         relay = media.relay
         if relay is None:
             return
@@ -225,15 +246,8 @@ class CallMedia:
             return
         if mx.relay is not None and {mx.relay.a, mx.relay.b} == {mx.session, my.session}:
             return
-        for media in (mx, my):
-            if media.relay is not None:
-                media.relay.stop()
-                other = media.relay.b if media.relay.a is media.session else media.relay.a
-                for leg in self.call.legs:
-                    lm = media_of(leg)
-                    if lm is not None and lm.session is other:
-                        lm.relay = None
-                media.relay = None
+        self.unlink(mx)
+        self.unlink(my)
         relay = Relay(mx.session, my.session)
         self._attach(relay)
         relay.start()

@@ -510,23 +510,30 @@ class Call:
 
     # -- the PBX answers first: menus ---------------------------------------------------
 
-    async def _run_menu(self, plan: MenuPlan) -> None:
+    def _answer_by_pbx(self) -> bool:
+        """The PBX itself answers the caller from his media anchor (menu, conference room):
+        200 with our SDP, his leg confirmed. False when that failed (he has been told)."""
         a = self.a
         if a.tx is None:
-            return
+            return False
         try:
             body = self.media.answer_locally(a)
         except MediaError as exc:
             log.info("call %s: %s", self.id, exc)
             self._fail_caller(488, None, "incompatible-media")
-            return
+            return False
         headers = [("Allow", ALLOW), ("Content-Type", "application/sdp")]
         sent = a.tx.reply(200, body=body, headers=headers, contact=a.local_contact)
         if sent is None:
-            return
+            return False
         a.fire(LegEvent.ANSWERED)
         a.dialog = Dialog.from_uas(a.invite_request, sent)
         a.local_sdp = body
+        return True
+
+    async def _run_menu(self, plan: MenuPlan) -> None:
+        if not self._answer_by_pbx():
+            return
         await self.media.start_recording()
         self.ivr = Ivr(self, plan)
         await self.ivr.start(self.service.tts)
@@ -534,23 +541,11 @@ class Call:
     async def _join_conference(self, room: str) -> None:
         """The PBX answers and mixes the caller into the room (the call counts as answered
         by the PBX: no employee, no winner leg)."""
-        a = self.a
-        if a.tx is None or not self.media.anchored:
+        if not self.media.anchored:
             self._fail_caller(503, None, "media-off")
             return
-        try:
-            body = self.media.answer_locally(a)
-        except MediaError as exc:
-            log.info("call %s: %s", self.id, exc)
-            self._fail_caller(488, None, "incompatible-media")
+        if not self._answer_by_pbx():
             return
-        headers = [("Allow", ALLOW), ("Content-Type", "application/sdp")]
-        sent = a.tx.reply(200, body=body, headers=headers, contact=a.local_contact)
-        if sent is None:
-            return
-        a.fire(LegEvent.ANSWERED)
-        a.dialog = Dialog.from_uas(a.invite_request, sent)
-        a.local_sdp = body
         self.answered_at = self.service.clock.now()
         self._fire(CallEvent.ANSWERED)
         self.timer = self.service.call_later(

@@ -17,6 +17,8 @@ import numpy as np
 
 from pomelo.media.bridge import MixBridge
 from pomelo.pbx.anchor import media_of
+from pomelo.pbx.call_media import catalogue_recording
+from pomelo.recordings.service import NewRecording
 
 if TYPE_CHECKING:
     from pomelo.media.recorder import StereoRecorder
@@ -117,35 +119,25 @@ class Conferences:
         room.recorder = engine.start_recording(path)
 
     def _finish_recording(self, room: ConferenceRoom) -> None:
-        from pomelo.recordings.service import NewRecording
-
         service, engine, recorder = self.service, self.service.media, room.recorder
         room.recorder = None
         if recorder is None or engine is None or service.recordings is None:
             return
-        catalog = service.recordings
-        done = engine.finish_recording(recorder)
-        ended = service.clock.now()
-
-        async def catalogue() -> None:
-            result = await done
-            if result.samples == 0:
-                return
-            await catalog.add(
-                NewRecording(
-                    tenant_id=room.key[0],
-                    call_id=room.id,
-                    path=result.path,
-                    started_at=room.recording_started,
-                    ended_at=max(ended, room.recording_started),
-                    duration_s=result.duration_s,
-                    size_bytes=result.size_bytes,
-                    sample_rate=8000,
-                    channels=2,
-                    from_number="conference",
-                    to_number=room.key[1],
-                    user_ids=tuple(sorted(room.user_ids)),
-                )
-            )
-
-        service.background(catalogue())
+        catalogue_recording(
+            service,
+            engine.finish_recording(recorder),
+            NewRecording(
+                tenant_id=room.key[0],
+                call_id=room.id,
+                path=recorder.path,
+                started_at=room.recording_started,
+                ended_at=max(service.clock.now(), room.recording_started),
+                duration_s=0.0,
+                size_bytes=0,
+                sample_rate=8000,
+                channels=2,
+                from_number="conference",
+                to_number=room.key[1],
+                user_ids=tuple(sorted(room.user_ids)),
+            ),
+        )

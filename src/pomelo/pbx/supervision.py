@@ -125,9 +125,7 @@ class Supervision:
             return
         for _, media in parts:
             assert media is not None
-            if media.relay is not None:
-                media.relay.stop()
-                media.relay = None
+            call.media.unlink(media)
         bridge = MixBridge(engine.clock)
         for pid, media in parts:
             assert media is not None
